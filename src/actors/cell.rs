@@ -1,0 +1,295 @@
+//! `CellActor`: reconciles this cell's placements (etcd) with its containers
+//! (Docker), one `ContainerActor` per member and one `ClusterActor` per cluster
+//! with a member here.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bollard::models::EventMessage;
+
+use super::cluster::{ClusterActor, StopFollowing};
+use super::container::{ContainerActor, ContainerDied, ContainerStarted, EnsureRunning, Retire};
+use super::{ActorStatus, GetState};
+use crate::backoff::Backoff;
+use crate::cell::member::CellDeps;
+use crate::cell::reconcile::{Desired, plan};
+use crate::docker;
+use crate::etcd::keys;
+use crate::etcd::store::Placement;
+use crate::etcd::watch::{WatchEvent, watch_prefix};
+
+/// A full reconcile also runs this often, to heal whatever an event missed.
+const RESYNC: Duration = Duration::from_secs(30);
+
+pub struct CellActor {
+    deps: CellDeps,
+    desired: Desired,
+    members: HashMap<String, Addr<ContainerActor>>,
+    clusters: HashMap<String, Addr<ClusterActor>>,
+    /// Members whose container is being removed: not orphans, not to adopt.
+    retiring: BTreeSet<String>,
+    reconciling: bool,
+    dirty: bool,
+    docker_backoff: Backoff,
+    status: ActorStatus,
+}
+
+impl CellActor {
+    pub fn new(deps: CellDeps) -> Self {
+        let status = ActorStatus::new("cell", deps.cfg.name.clone());
+        Self {
+            deps,
+            desired: Desired::default(),
+            members: HashMap::new(),
+            clusters: HashMap::new(),
+            retiring: BTreeSet::new(),
+            reconciling: false,
+            dirty: false,
+            docker_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            status,
+        }
+    }
+
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        if self.reconciling {
+            self.dirty = true;
+            return;
+        }
+        self.reconciling = true;
+        let deps = self.deps.clone();
+        let fut = async move { docker::list_cell(&deps.docker, &deps.cfg.name).await }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                act.reconciling = false;
+                match res {
+                    Ok(containers) => act.apply_plan(&containers, ctx),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "cannot list containers; will retry");
+                        act.status.error(&e);
+                    }
+                }
+                if std::mem::take(&mut act.dirty) {
+                    act.reconcile(ctx);
+                }
+            });
+        ctx.spawn(fut);
+    }
+
+    fn apply_plan(&mut self, containers: &[docker::MemberContainer], ctx: &mut Context<Self>) {
+        let actors: BTreeSet<String> = self.members.keys().chain(&self.retiring).cloned().collect();
+        let plan = plan(&self.desired, &actors, containers);
+        for p in plan.adopt {
+            self.adopt(p);
+        }
+        for member in plan.ensure {
+            if let Some(addr) = self.members.get(&member) {
+                addr.do_send(EnsureRunning);
+            }
+        }
+        for member in plan.retire {
+            if let Some(addr) = self.members.remove(&member) {
+                tracing::info!(%member, "member no longer placed here; removing its container (data kept)");
+                addr.do_send(Retire);
+            }
+        }
+        for name in plan.orphans {
+            tracing::warn!(container = %name, "container without placement; removing it (data kept)");
+            let deps = self.deps.clone();
+            ctx.spawn(
+                async move {
+                    if let Err(e) = docker::remove(&deps.docker, &name).await {
+                        tracing::error!(error = %format!("{e:#}"), "cannot remove orphan container");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        self.follow_clusters();
+        self.status.event(format!(
+            "members={} clusters={}",
+            self.members.len(),
+            self.clusters.len()
+        ));
+    }
+
+    fn adopt(&mut self, p: Placement) -> Addr<ContainerActor> {
+        let addr = ContainerActor::new(self.deps.clone(), p.clone()).start();
+        addr.do_send(EnsureRunning);
+        self.members.insert(p.member, addr.clone());
+        addr
+    }
+
+    fn follow_clusters(&mut self) {
+        let scopes: BTreeSet<String> = self.desired.members().values().map(|p| p.scope.clone()).collect();
+        self.clusters.retain(|scope, addr| {
+            let keep = scopes.contains(scope);
+            if !keep {
+                addr.do_send(StopFollowing);
+            }
+            keep
+        });
+        for scope in scopes {
+            let etcd = self.deps.etcd.clone();
+            self.clusters
+                .entry(scope.clone())
+                .or_insert_with(|| ClusterActor::new(etcd, &scope).start());
+        }
+    }
+
+    fn subscribe_docker(&mut self, ctx: &mut Context<Self>) {
+        ctx.add_stream(docker::events(&self.deps.docker, &self.deps.cfg.name));
+    }
+}
+
+impl Actor for CellActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let prefix = keys::cell_placements(&self.deps.cfg.name);
+        ctx.add_stream(watch_prefix(self.deps.etcd.clone(), prefix));
+        self.subscribe_docker(ctx);
+        ctx.run_interval(RESYNC, |act, ctx| act.reconcile(ctx));
+    }
+}
+
+impl StreamHandler<WatchEvent> for CellActor {
+    fn handle(&mut self, ev: WatchEvent, ctx: &mut Context<Self>) {
+        if let WatchEvent::Interrupted { error } = &ev {
+            self.status.error(&anyhow::anyhow!(error.clone()));
+        }
+        if self.desired.apply(&ev) {
+            self.reconcile(ctx);
+        }
+    }
+}
+
+impl StreamHandler<Result<EventMessage, bollard::errors::Error>> for CellActor {
+    fn handle(&mut self, ev: Result<EventMessage, bollard::errors::Error>, ctx: &mut Context<Self>) {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(error = %e, "docker event stream error");
+                return;
+            }
+        };
+        self.docker_backoff.reset();
+        let Some((member, action)) = docker::event_member(&ev) else {
+            return;
+        };
+        let addr = self.members.get(&member);
+        match (action.as_str(), addr) {
+            ("die", Some(addr)) => addr.do_send(ContainerDied),
+            ("start", Some(addr)) => addr.do_send(ContainerStarted),
+            ("destroy", _) => self.reconcile(ctx),
+            _ => {}
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        // The engine went away (restart, socket broken): resubscribe after a
+        // backoff, and re-list so nothing that happened meanwhile is missed.
+        let delay = self.docker_backoff.next_delay();
+        tracing::warn!(?delay, "docker event stream ended; resubscribing");
+        ctx.run_later(delay, |act, ctx| {
+            act.subscribe_docker(ctx);
+            act.reconcile(ctx);
+        });
+    }
+}
+
+/// A placement for this cell was just written: run its member now.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct EnsureMember(pub Placement);
+
+impl Handler<EnsureMember> for CellActor {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, EnsureMember(p): EnsureMember, _: &mut Context<Self>) -> Self::Result {
+        self.desired.insert(p.clone());
+        let addr = match self.members.get(&p.member) {
+            Some(a) => a.clone(),
+            None => self.adopt(p),
+        };
+        self.follow_clusters();
+        Box::pin(async move { addr.send(EnsureRunning).await.map_err(|e| e.to_string())? })
+    }
+}
+
+/// A placement of this cell was deleted: remove its container now.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct RetireMember(pub Placement);
+
+impl Handler<RetireMember> for CellActor {
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+
+    fn handle(&mut self, RetireMember(p): RetireMember, _: &mut Context<Self>) -> Self::Result {
+        self.desired.remove(&p.cell, &p.instance_id);
+        let addr = self.members.remove(&p.member);
+        self.retiring.insert(p.member.clone());
+        self.follow_clusters();
+        let deps = self.deps.clone();
+        let member = p.member.clone();
+        Box::pin(
+            async move {
+                match addr {
+                    Some(addr) => addr.send(Retire).await.map_err(|e| e.to_string())?,
+                    None => deps.remove_container(&p.member).await.map_err(|e| format!("{e:#}")),
+                }
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                act.retiring.remove(&member);
+                res
+            }),
+        )
+    }
+}
+
+impl Handler<GetState> for CellActor {
+    type Result = MessageResult<GetState>;
+
+    fn handle(&mut self, _: GetState, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status.clone())
+    }
+}
+
+/// Every actor of the cell, each asked with a timeout so a stuck one cannot hang the answer.
+#[derive(Message)]
+#[rtype(result = "Vec<ActorStatus>")]
+pub struct GetActors;
+
+impl Handler<GetActors> for CellActor {
+    type Result = ResponseFuture<Vec<ActorStatus>>;
+
+    fn handle(&mut self, _: GetActors, _: &mut Context<Self>) -> Self::Result {
+        let mine = self.status.clone();
+        let members: Vec<_> = self
+            .members
+            .iter()
+            .map(|(k, a)| (k.clone(), a.clone().recipient()))
+            .collect();
+        let clusters: Vec<_> = self
+            .clusters
+            .iter()
+            .map(|(k, a)| (k.clone(), a.clone().recipient()))
+            .collect();
+        Box::pin(async move {
+            let ask = |(id, r): (String, Recipient<GetState>), kind: &'static str| async move {
+                match tokio::time::timeout(Duration::from_secs(1), r.send(GetState)).await {
+                    Ok(Ok(s)) => s,
+                    _ => ActorStatus {
+                        state: "unresponsive".into(),
+                        ..ActorStatus::new(kind, id)
+                    },
+                }
+            };
+            let mut out = vec![mine];
+            out.extend(futures::future::join_all(members.into_iter().map(|m| ask(m, "container"))).await);
+            out.extend(futures::future::join_all(clusters.into_iter().map(|c| ask(c, "cluster"))).await);
+            out
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! `ClusterActor`: follows one Patroni cluster (`/service/<scope>/`) that has a
+//! member on this cell, and keeps its [`ClusterView`].
+
+use actix::prelude::*;
+
+use super::{ActorStatus, GetState};
+use crate::etcd::watch::{WatchEvent, watch_prefix};
+use crate::etcd::{Client, keys};
+use crate::patroni::ClusterView;
+
+pub struct ClusterActor {
+    etcd: Client,
+    view: ClusterView,
+    status: ActorStatus,
+}
+
+impl ClusterActor {
+    pub fn new(etcd: Client, scope: &str) -> Self {
+        Self {
+            etcd,
+            view: ClusterView::new(scope),
+            status: ActorStatus::new("cluster", scope),
+        }
+    }
+
+    fn summary(&self) -> String {
+        let members = self
+            .view
+            .members
+            .values()
+            .map(|m| format!("{}/{}/{}", m.name, m.role, m.state))
+            .collect::<Vec<_>>();
+        format!(
+            "leader={} members=[{}]",
+            self.view.leader.as_deref().unwrap_or("none"),
+            members.join(" ")
+        )
+    }
+}
+
+impl Actor for ClusterActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let prefix = keys::patroni_scope(&self.view.scope);
+        ctx.add_stream(watch_prefix(self.etcd.clone(), prefix));
+    }
+}
+
+impl StreamHandler<WatchEvent> for ClusterActor {
+    fn handle(&mut self, ev: WatchEvent, _: &mut Context<Self>) {
+        let prefix = keys::patroni_scope(&self.view.scope);
+        let leader_before = self.view.leader.clone();
+        match ev {
+            WatchEvent::Snapshot { kvs, .. } => {
+                self.view = ClusterView::new(&self.view.scope);
+                for (k, v) in &kvs {
+                    if let Some(rel) = k.strip_prefix(&prefix) {
+                        self.view.apply(rel, Some(v));
+                    }
+                }
+            }
+            WatchEvent::Put { key, value, .. } => {
+                if let Some(rel) = key.strip_prefix(&prefix) {
+                    self.view.apply(rel, Some(&value));
+                }
+            }
+            WatchEvent::Delete { key, .. } => {
+                if let Some(rel) = key.strip_prefix(&prefix) {
+                    self.view.apply(rel, None);
+                }
+            }
+            WatchEvent::Interrupted { error } => {
+                self.status.error(&anyhow::anyhow!(error));
+                return;
+            }
+        }
+        if self.view.leader != leader_before {
+            tracing::info!(scope = %self.view.scope, leader = ?self.view.leader, "leader changed");
+        }
+        self.status.event(self.summary());
+    }
+}
+
+/// Ask for the current view of the cluster.
+#[derive(Message)]
+#[rtype(result = "ClusterView")]
+pub struct GetClusterView;
+
+impl Handler<GetClusterView> for ClusterActor {
+    type Result = MessageResult<GetClusterView>;
+
+    fn handle(&mut self, _: GetClusterView, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.view.clone())
+    }
+}
+
+/// No member of the cluster is left on this cell.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopFollowing;
+
+impl Handler<StopFollowing> for ClusterActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopFollowing, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<GetState> for ClusterActor {
+    type Result = MessageResult<GetState>;
+
+    fn handle(&mut self, _: GetState, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status.clone())
+    }
+}

@@ -1,0 +1,136 @@
+//! `ContainerActor`: owns one member container of this cell. It makes the
+//! container exist and run, restarts it (with backoff) when it dies while
+//! still desired, and removes it when the member is retired.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::{ActorStatus, GetState};
+use crate::backoff::Backoff;
+use crate::cell::member::CellDeps;
+use crate::etcd::store::Placement;
+
+pub struct ContainerActor {
+    deps: CellDeps,
+    placement: Placement,
+    status: ActorStatus,
+    backoff: Backoff,
+    retiring: bool,
+}
+
+impl ContainerActor {
+    pub fn new(deps: CellDeps, placement: Placement) -> Self {
+        let status = ActorStatus::new("container", placement.member.clone());
+        let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        Self {
+            deps,
+            placement,
+            status,
+            backoff,
+            retiring: false,
+        }
+    }
+
+    fn ensure(&mut self) -> ResponseActFuture<Self, Result<(), String>> {
+        let (deps, p) = (self.deps.clone(), self.placement.clone());
+        Box::pin(async move { deps.ensure_running(&p).await }.into_actor(self).map(|res, act, _| match res {
+            Ok(step) => {
+                tracing::info!(member = %act.placement.member, ?step, "member container ensured");
+                act.status.event("running");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(member = %act.placement.member, error = %format!("{e:#}"), "cannot run member container");
+                act.status.error(&e);
+                Err(format!("{e:#}"))
+            }
+        }))
+    }
+}
+
+impl Actor for ContainerActor {
+    type Context = Context<Self>;
+}
+
+/// Make the container exist and run (idempotent).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct EnsureRunning;
+
+impl Handler<EnsureRunning> for ContainerActor {
+    type Result = AtomicResponse<Self, Result<(), String>>;
+
+    fn handle(&mut self, _: EnsureRunning, _: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(self.ensure())
+    }
+}
+
+/// Docker says the container stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ContainerDied;
+
+impl Handler<ContainerDied> for ContainerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ContainerDied, ctx: &mut Context<Self>) {
+        if self.retiring {
+            return;
+        }
+        self.status.event("exited");
+        self.status.restarts += 1;
+        let delay = self.backoff.next_delay();
+        tracing::warn!(member = %self.placement.member, ?delay, "member container died; starting it again");
+        ctx.run_later(delay, |act, ctx| {
+            if !act.retiring {
+                ctx.wait(act.ensure().map(|_, _, _| ()));
+            }
+        });
+    }
+}
+
+/// Docker says the container started.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ContainerStarted;
+
+impl Handler<ContainerStarted> for ContainerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ContainerStarted, _: &mut Context<Self>) {
+        self.status.event("running");
+    }
+}
+
+/// The member is no longer desired here: remove its container (data stays) and stop.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Retire;
+
+impl Handler<Retire> for ContainerActor {
+    type Result = AtomicResponse<Self, Result<(), String>>;
+
+    fn handle(&mut self, _: Retire, _: &mut Context<Self>) -> Self::Result {
+        self.retiring = true;
+        self.status.event("retiring");
+        let (deps, member) = (self.deps.clone(), self.placement.member.clone());
+        AtomicResponse::new(Box::pin(async move { deps.remove_container(&member).await }.into_actor(self).map(
+            |res, act, ctx| {
+                ctx.stop();
+                res.map_err(|e| {
+                    tracing::error!(member = %act.placement.member, error = %format!("{e:#}"), "cannot remove member container");
+                    format!("{e:#}")
+                })
+            },
+        )))
+    }
+}
+
+impl Handler<GetState> for ContainerActor {
+    type Result = MessageResult<GetState>;
+
+    fn handle(&mut self, _: GetState, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status.clone())
+    }
+}

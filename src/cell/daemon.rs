@@ -1,0 +1,64 @@
+//! `pgcell cell`: wires the cell agent together.
+
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+
+use crate::actors::cell::CellActor;
+use crate::cell::member::CellDeps;
+use crate::config::CellConfig;
+use crate::etcd::{registration, store::CellRecord};
+use crate::http::{self, auth::Credentials, cell_api::CellApi};
+
+pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(&cfg.api_listen)
+        .with_context(|| format!("cannot listen on {} (api_listen)", cfg.api_listen))?;
+    serve(cfg, listener).await
+}
+
+/// Runs the agent with an already-bound API listener (tests bind port 0).
+pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::Result<()> {
+    let docker = crate::docker::connect().await?;
+    let etcd = crate::etcd::connect(&cfg.etcd_endpoints).await?;
+    std::fs::create_dir_all(&cfg.data_root)
+        .with_context(|| format!("cannot create data_root {}", cfg.data_root.display()))?;
+    let addr = listener.local_addr()?;
+    let record = CellRecord {
+        name: cfg.name.clone(),
+        deployment: cfg.deployment.clone(),
+        advertise_host: cfg.advertise_host.clone(),
+        api_url: format!("http://{}:{}", cfg.advertise_host, addr.port()),
+        port_range: cfg.port_range.clone(),
+        capacity: cfg.capacity,
+        zone: cfg.zone.clone(),
+    };
+    let creds = Credentials {
+        username: cfg.api_username.clone(),
+        password: cfg.api_password.clone(),
+    };
+    let deps = CellDeps {
+        cfg: Arc::new(cfg),
+        docker,
+        etcd: etcd.clone(),
+    };
+    let cell = CellActor::new(deps.clone()).start();
+    actix::spawn(registration::run(etcd, record));
+    tracing::info!(cell = %deps.cfg.name, api = %addr, "cell agent running");
+
+    let api = web::Data::new(CellApi { cell, deps });
+    let creds = web::Data::new(creds);
+    HttpServer::new(move || {
+        App::new()
+            .app_data(api.clone())
+            .app_data(creds.clone())
+            .service(http::healthz)
+            .configure(http::cell_api::routes)
+    })
+    .workers(2)
+    .listen(listener)?
+    .run()
+    .await
+    .context("cell API server")
+}

@@ -1,0 +1,119 @@
+//! Doing things to one member on this cell: its host directory, its Patroni
+//! configuration and its container.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::reconcile::{ContainerStep, container_step};
+use crate::config::CellConfig;
+use crate::docker::{self, ContainerSpec};
+use crate::etcd::{Client, store};
+use crate::patroni::config::MemberConfig;
+
+/// What every member operation on a cell needs; cheap to clone.
+#[derive(Clone)]
+pub struct CellDeps {
+    pub cfg: std::sync::Arc<CellConfig>,
+    pub docker: bollard::Docker,
+    pub etcd: Client,
+}
+
+impl CellDeps {
+    /// The member's host directory: its data and its Patroni configuration.
+    pub fn member_dir(&self, member: &str) -> PathBuf {
+        self.cfg.data_root.join(member)
+    }
+
+    fn labels(&self, p: &store::Placement) -> HashMap<String, String> {
+        HashMap::from([
+            (docker::LABEL_MANAGED.into(), "true".into()),
+            (docker::LABEL_DEPLOYMENT.into(), self.cfg.deployment.clone()),
+            (docker::LABEL_CELL.into(), self.cfg.name.clone()),
+            (docker::LABEL_INSTANCE.into(), p.instance_id.clone()),
+            (docker::LABEL_SCOPE.into(), p.scope.clone()),
+            (docker::LABEL_MEMBER.into(), p.member.clone()),
+        ])
+    }
+
+    /// Renders the member's Patroni configuration into its directory (mode 0600:
+    /// it holds the cluster's passwords).
+    pub async fn write_patroni_config(&self, p: &store::Placement) -> anyhow::Result<()> {
+        let secrets = store::ensure_secrets(&mut self.etcd.clone(), &p.instance_id).await?;
+        let rendered = MemberConfig {
+            placement: p,
+            secrets: &secrets,
+            etcd_hosts: &self.cfg.etcd_endpoints,
+            advertise_host: &self.cfg.advertise_host,
+            listen_host: self.cfg.listen_host(),
+            timing: &self.cfg.patroni,
+            synchronous_mode: true,
+        }
+        .render();
+        let dir = self.member_dir(&p.member);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join("patroni.yml");
+        let tmp = dir.join(".patroni.yml.new");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut f, serde_json::to_string_pretty(&rendered)?.as_bytes())?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Makes the member's container exist and run; returns what it did.
+    pub async fn ensure_running(&self, p: &store::Placement) -> anyhow::Result<ContainerStep> {
+        let name = crate::names::container(&p.member);
+        let existing = docker::list_cell(&self.docker, &self.cfg.name)
+            .await?
+            .into_iter()
+            .find(|c| c.member == p.member);
+        let step = container_step(existing.as_ref());
+        if step == ContainerStep::Nothing {
+            return Ok(step);
+        }
+        self.write_patroni_config(p).await?;
+        if step == ContainerStep::Create {
+            let spec = ContainerSpec {
+                name: name.clone(),
+                image: self.cfg.image.clone(),
+                labels: self.labels(p),
+                member_dir: self.member_dir(&p.member).display().to_string(),
+                memory_mb: p.memory_mb,
+            };
+            docker::create(&self.docker, &spec).await?;
+        }
+        docker::start(&self.docker, &name).await?;
+        Ok(step)
+    }
+
+    /// Stops and removes the member's container; its data stays.
+    pub async fn remove_container(&self, member: &str) -> anyhow::Result<()> {
+        let name = crate::names::container(member);
+        docker::stop(&self.docker, &name, 30).await?;
+        docker::remove(&self.docker, &name).await
+    }
+
+    /// Deletes the member's data: only after its container is gone, and only
+    /// below the configured data root.
+    pub fn purge_data(&self, member: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(crate::names::is_safe(member), "refusing to purge {member:?}");
+        let dir = self.member_dir(member);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Daemon configuration: a TOML file (every key optional, defaults below) with
+//! `PGCELL_*` environment overrides, then command-line flags on top.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The etcd endpoints every subcommand takes, comma-separated.
+pub const ETCD_ENV: &str = "PGCELL_ETCD_ENDPOINTS";
+
+/// Patroni timing, rendered into each member's bootstrap DCS configuration.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PatroniTiming {
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+}
+
+impl Default for PatroniTiming {
+    fn default() -> Self {
+        // Measured on this stack: failover after kill -9 is about ttl.
+        Self {
+            ttl: 10,
+            loop_wait: 1,
+            retry_timeout: 3,
+        }
+    }
+}
+
+/// Configuration of `pgcell cell`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CellConfig {
+    /// This cell's name: unique in the fleet, a safe name (see `names::is_safe`).
+    pub name: String,
+    /// Label put on every container, so a deployment's containers can be found (and cleaned) together.
+    pub deployment: String,
+    /// Address the other cells and the routers reach this cell's members at.
+    pub advertise_host: String,
+    /// Address PostgreSQL and Patroni listen on (host networking); empty means `advertise_host`.
+    pub listen_host: String,
+    /// Where the per-cell broker API listens.
+    pub api_listen: String,
+    pub api_username: String,
+    pub api_password: String,
+    /// Host ports for members, `first-last`; each member takes two (PostgreSQL, Patroni REST).
+    pub port_range: String,
+    /// Most members this cell runs.
+    pub capacity: u32,
+    pub zone: String,
+    /// One directory per member below this holds its data and Patroni configuration.
+    pub data_root: PathBuf,
+    pub image: String,
+    /// Memory limit of each member container.
+    pub memory_mb: u64,
+    pub etcd_endpoints: Vec<String>,
+    pub patroni: PatroniTiming,
+}
+
+impl Default for CellConfig {
+    fn default() -> Self {
+        Self {
+            name: "cell-1".into(),
+            deployment: "default".into(),
+            advertise_host: "127.0.0.1".into(),
+            listen_host: String::new(),
+            api_listen: "127.0.0.1:8441".into(),
+            api_username: "containers".into(),
+            api_password: "containers".into(),
+            port_range: "30000-30999".into(),
+            capacity: 32,
+            zone: String::new(),
+            data_root: "/var/lib/pgcell".into(),
+            image: "pgcell/postgres:latest".into(),
+            memory_mb: 1024,
+            etcd_endpoints: vec!["127.0.0.1:2379".into()],
+            patroni: PatroniTiming::default(),
+        }
+    }
+}
+
+/// Environment variables that override a key of the cell's configuration.
+const CELL_ENV: &[(&str, &str)] = &[
+    ("PGCELL_CELL_NAME", "name"),
+    ("PGCELL_DEPLOYMENT", "deployment"),
+    ("PGCELL_ADVERTISE_HOST", "advertise_host"),
+    ("PGCELL_LISTEN_HOST", "listen_host"),
+    ("PGCELL_API_LISTEN", "api_listen"),
+    ("PGCELL_API_USERNAME", "api_username"),
+    ("PGCELL_API_PASSWORD", "api_password"),
+    ("PGCELL_PORT_RANGE", "port_range"),
+    ("PGCELL_CAPACITY", "capacity"),
+    ("PGCELL_ZONE", "zone"),
+    ("PGCELL_DATA_ROOT", "data_root"),
+    ("PGCELL_IMAGE", "image"),
+    ("PGCELL_MEMORY_MB", "memory_mb"),
+    (ETCD_ENV, "etcd_endpoints"),
+];
+
+impl CellConfig {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let cfg: Self = load_layered(path, CELL_ENV, &|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !crate::names::is_safe(&self.name) {
+            bail!(
+                "cell name {:?} is not a safe name: use letters, digits, '-' or '_' (at most 63)",
+                self.name
+            );
+        }
+        let (first, last) = self.ports()?;
+        if last < first + 1 {
+            bail!(
+                "port_range {:?} holds no member (each takes two ports)",
+                self.port_range
+            );
+        }
+        if self.etcd_endpoints.is_empty() {
+            bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
+        }
+        Ok(())
+    }
+
+    /// The port range as `(first, last)`, inclusive.
+    pub fn ports(&self) -> anyhow::Result<(u16, u16)> {
+        parse_port_range(&self.port_range)
+    }
+
+    pub fn listen_host(&self) -> &str {
+        if self.listen_host.is_empty() {
+            &self.advertise_host
+        } else {
+            &self.listen_host
+        }
+    }
+}
+
+pub fn parse_port_range(s: &str) -> anyhow::Result<(u16, u16)> {
+    let parse = || -> Option<(u16, u16)> {
+        let (a, b) = s.split_once('-')?;
+        let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        (a > 0 && a <= b).then_some((a, b))
+    };
+    parse().with_context(|| format!("port range {s:?} is not of the form FIRST-LAST (e.g. 30000-30999)"))
+}
+
+/// Splits a comma-separated endpoint list, dropping blanks.
+pub fn split_endpoints(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Reads the TOML file (if any), applies the environment overrides, then
+/// deserializes with defaults for whatever is still missing.
+pub fn load_layered<T: serde::de::DeserializeOwned>(
+    path: Option<&Path>,
+    overrides: &[(&str, &str)],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<T> {
+    let mut table = match path {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            toml::from_str::<toml::Table>(&text)
+                .with_context(|| format!("config file {} is not valid TOML", p.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    for (var, key) in overrides {
+        if let Some(v) = env(var) {
+            let value = if *var == ETCD_ENV {
+                toml::Value::Array(split_endpoints(&v).into_iter().map(toml::Value::String).collect())
+            } else if let Ok(n) = v.parse::<i64>() {
+                toml::Value::Integer(n)
+            } else {
+                toml::Value::String(v)
+            };
+            table.insert((*key).to_string(), value);
+        }
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .context("invalid configuration (file or PGCELL_* environment)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(toml_text: &str, env: &[(&str, &str)]) -> anyhow::Result<CellConfig> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("cell.toml");
+        std::fs::write(&path, toml_text)?;
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cfg: CellConfig = load_layered(Some(&path), CELL_ENV, &|k| env.get(k).cloned())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn defaults_file_and_env_layer() {
+        let cfg = load(
+            "name = \"a\"\ncapacity = 4\n[patroni]\nttl = 5\n",
+            &[
+                ("PGCELL_CAPACITY", "7"),
+                ("PGCELL_ETCD_ENDPOINTS", "127.0.0.1:1, 127.0.0.1:2,"),
+                ("PGCELL_PORT_RANGE", "31000-31009"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.name, "a");
+        assert_eq!(cfg.capacity, 7);
+        assert_eq!(
+            cfg.patroni,
+            PatroniTiming {
+                ttl: 5,
+                loop_wait: 1,
+                retry_timeout: 3
+            }
+        );
+        assert_eq!(cfg.etcd_endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(cfg.ports().unwrap(), (31000, 31009));
+        assert_eq!(cfg.listen_host(), "127.0.0.1");
+    }
+
+    #[test]
+    fn bad_config_is_explained() {
+        let err = load("name = \"a/b\"", &[]).unwrap_err().to_string();
+        assert!(err.contains("not a safe name"), "{err}");
+        let err = load("", &[("PGCELL_PORT_RANGE", "9-1")]).unwrap_err().to_string();
+        assert!(err.contains("FIRST-LAST"), "{err}");
+        let err = format!("{:#}", load("nme = 1", &[]).unwrap_err());
+        assert!(err.contains("unknown field"), "{err}");
+    }
+}

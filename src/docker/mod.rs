@@ -1,0 +1,171 @@
+//! The Docker Engine, through bollard: member containers, found again by their labels.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, EventMessage, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, EventsOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
+};
+use futures::Stream;
+
+pub const LABEL_MANAGED: &str = "org.pgcell.managed";
+pub const LABEL_DEPLOYMENT: &str = "org.pgcell.deployment";
+pub const LABEL_CELL: &str = "org.pgcell.cell";
+pub const LABEL_INSTANCE: &str = "org.pgcell.instance";
+pub const LABEL_SCOPE: &str = "org.pgcell.scope";
+pub const LABEL_MEMBER: &str = "org.pgcell.member";
+
+/// Connects to the local engine and negotiates the API version: bollard speaks
+/// a newer API than the engines found on cells.
+pub async fn connect() -> anyhow::Result<Docker> {
+    let docker = Docker::connect_with_local_defaults().context("cannot connect to the Docker Engine")?;
+    docker
+        .negotiate_version()
+        .await
+        .context("the Docker Engine does not answer (is dockerd running? is /var/run/docker.sock readable?)")
+}
+
+/// A member container as Docker reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberContainer {
+    pub id: String,
+    pub name: String,
+    pub member: String,
+    pub instance: String,
+    pub running: bool,
+}
+
+/// What a member container is made of.
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    /// Host directory mounted at the Patroni mount point.
+    pub member_dir: String,
+    pub memory_mb: u64,
+}
+
+fn label_filter(cell: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        vec![format!("{LABEL_CELL}={cell}"), format!("{LABEL_MANAGED}=true")],
+    )])
+}
+
+pub fn is_not_found(e: &DockerError) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
+}
+
+/// Every member container of a cell, running or not.
+pub async fn list_cell(docker: &Docker, cell: &str) -> anyhow::Result<Vec<MemberContainer>> {
+    let opts = ListContainersOptions {
+        all: true,
+        filters: Some(label_filter(cell)),
+        ..Default::default()
+    };
+    let list = docker
+        .list_containers(Some(opts))
+        .await
+        .context("docker list containers")?;
+    Ok(list
+        .into_iter()
+        .filter_map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            Some(MemberContainer {
+                id: c.id?,
+                name: c.names?.first()?.trim_start_matches('/').to_string(),
+                member: labels.get(LABEL_MEMBER)?.clone(),
+                instance: labels.get(LABEL_INSTANCE)?.clone(),
+                running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+            })
+        })
+        .collect())
+}
+
+pub async fn create(docker: &Docker, spec: &ContainerSpec) -> anyhow::Result<()> {
+    let host_config = HostConfig {
+        // Host networking: members listen on their allocated host ports, with
+        // no NAT on the data path (docs/decisions.md).
+        network_mode: Some("host".into()),
+        binds: Some(vec![format!("{}:{}", spec.member_dir, crate::patroni::config::MOUNT)]),
+        memory: Some((spec.memory_mb * 1024 * 1024) as i64),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".into(), "10m".into()),
+                ("max-file".into(), "3".into()),
+            ])),
+        }),
+        ..Default::default()
+    };
+    let body = ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        labels: Some(spec.labels.clone()),
+        host_config: Some(host_config),
+        stop_timeout: Some(30),
+        ..Default::default()
+    };
+    let opts = CreateContainerOptions {
+        name: Some(spec.name.clone()),
+        platform: String::new(),
+    };
+    docker
+        .create_container(Some(opts), body)
+        .await
+        .with_context(|| format!("docker create {} (image {})", spec.name, spec.image))?;
+    Ok(())
+}
+
+pub async fn start(docker: &Docker, name: &str) -> anyhow::Result<()> {
+    docker
+        .start_container(name, None)
+        .await
+        .with_context(|| format!("docker start {name}"))
+}
+
+/// Stops gracefully (Patroni shuts PostgreSQL down cleanly), waiting up to `timeout_secs`.
+pub async fn stop(docker: &Docker, name: &str, timeout_secs: i32) -> anyhow::Result<()> {
+    let opts = StopContainerOptions {
+        t: Some(timeout_secs),
+        signal: None,
+    };
+    match docker.stop_container(name, Some(opts)).await {
+        Err(e) if !is_not_found(&e) => Err(e).with_context(|| format!("docker stop {name}")),
+        _ => Ok(()),
+    }
+}
+
+/// Removes a container, stopped or not; a container already gone is fine.
+pub async fn remove(docker: &Docker, name: &str) -> anyhow::Result<()> {
+    let opts = RemoveContainerOptions {
+        force: true,
+        v: true,
+        link: false,
+    };
+    match docker.remove_container(name, Some(opts)).await {
+        Err(e) if !is_not_found(&e) => Err(e).with_context(|| format!("docker rm {name}")),
+        _ => Ok(()),
+    }
+}
+
+/// Start and die events of this cell's member containers.
+pub fn events(docker: &Docker, cell: &str) -> impl Stream<Item = Result<EventMessage, DockerError>> + use<> {
+    let mut filters = label_filter(cell);
+    filters.insert("type".into(), vec!["container".into()]);
+    filters.insert("event".into(), vec!["start".into(), "die".into(), "destroy".into()]);
+    docker.events(Some(EventsOptions {
+        filters: Some(filters),
+        ..Default::default()
+    }))
+}
+
+/// The member label and action of a container event.
+pub fn event_member(ev: &EventMessage) -> Option<(String, String)> {
+    let actor = ev.actor.as_ref()?;
+    let member = actor.attributes.as_ref()?.get(LABEL_MEMBER)?.clone();
+    Some((member, ev.action.clone()?))
+}

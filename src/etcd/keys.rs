@@ -1,0 +1,78 @@
+//! pgcell's keys in etcd. Patroni owns `/service/<scope>/`; pgcell owns `/pgcell/`.
+//!
+//! | key | value | written by |
+//! |---|---|---|
+//! | `/pgcell/cells/<cell>` | [`CellRecord`](super::store::CellRecord) JSON, on the cell's lease | cell agent |
+//! | `/pgcell/placements/<cell>/<id>` | [`Placement`](super::store::Placement) JSON | per-cell API / broker |
+//! | `/pgcell/ports/<cell>/<slot>` | member name holding the slot | same txn as the placement |
+//! | `/pgcell/instances/<id>/secrets` | [`Secrets`](super::store::Secrets) JSON | first member's txn |
+
+pub const ROOT: &str = "/pgcell/";
+pub const PATRONI_NAMESPACE: &str = "/service/";
+
+pub fn cells() -> String {
+    format!("{ROOT}cells/")
+}
+
+pub fn cell(cell: &str) -> String {
+    format!("{ROOT}cells/{cell}")
+}
+
+pub fn placements() -> String {
+    format!("{ROOT}placements/")
+}
+
+pub fn cell_placements(cell: &str) -> String {
+    format!("{ROOT}placements/{cell}/")
+}
+
+pub fn placement(cell: &str, instance: &str) -> String {
+    format!("{ROOT}placements/{cell}/{instance}")
+}
+
+pub fn cell_ports(cell: &str) -> String {
+    format!("{ROOT}ports/{cell}/")
+}
+
+pub fn port_slot(cell: &str, slot: u32) -> String {
+    format!("{ROOT}ports/{cell}/{slot}")
+}
+
+pub fn instances() -> String {
+    format!("{ROOT}instances/")
+}
+
+pub fn instance(instance: &str) -> String {
+    format!("{ROOT}instances/{instance}/")
+}
+
+pub fn secrets(instance: &str) -> String {
+    format!("{ROOT}instances/{instance}/secrets")
+}
+
+/// Patroni's keys of one cluster, with the trailing slash so `cf-1` does not match `cf-10`.
+pub fn patroni_scope(scope: &str) -> String {
+    format!("{PATRONI_NAMESPACE}{scope}/")
+}
+
+pub fn patroni_member(scope: &str, member: &str) -> String {
+    format!("{PATRONI_NAMESPACE}{scope}/members/{member}")
+}
+
+/// The instance id of a placement key (`/pgcell/placements/<cell>/<id>`).
+pub fn placement_instance(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(ROOT)?.strip_prefix("placements/")?.split_once('/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_keys_round_trip() {
+        let k = placement("cell-a", "1");
+        assert_eq!(placement_instance(&k), Some(("cell-a", "1")));
+        assert!(k.starts_with(&cell_placements("cell-a")));
+        assert!(!patroni_scope("cf-10").starts_with(&patroni_scope("cf-1")));
+    }
+}

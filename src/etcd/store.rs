@@ -1,0 +1,275 @@
+//! Typed reads and transactions on pgcell's keys. Every write that two daemons
+//! could race on is a compare-and-swap transaction.
+
+use anyhow::Context;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::keys;
+use crate::secret::random_password;
+
+/// The passwords of one cluster, generated once by whichever member comes
+/// first, so that every cell renders the same ones.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+pub struct Secrets {
+    pub superuser: String,
+    pub replication: String,
+    pub rewind: String,
+    pub admin: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(<redacted>)")
+    }
+}
+
+impl Secrets {
+    pub fn generate() -> Self {
+        Self {
+            superuser: random_password(32),
+            replication: random_password(32),
+            rewind: random_password(32),
+            admin: random_password(32),
+        }
+    }
+}
+
+/// A cell as it registers itself, on its lease.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct CellRecord {
+    pub name: String,
+    pub deployment: String,
+    pub advertise_host: String,
+    pub api_url: String,
+    pub port_range: String,
+    pub capacity: u32,
+    pub zone: String,
+}
+
+/// A member of an instance that should run on a cell: the desired state a cell reconciles to.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Placement {
+    pub instance_id: String,
+    pub scope: String,
+    pub member: String,
+    pub cell: String,
+    pub slot: u32,
+    pub pg_port: u16,
+    pub api_port: u16,
+    pub service_id: String,
+    pub plan_id: String,
+    pub memory_mb: u64,
+}
+
+/// What a cell offers to a new placement.
+#[derive(Clone, Debug)]
+pub struct CellPorts {
+    pub cell: String,
+    pub first_port: u16,
+    pub slots: u32,
+}
+
+impl CellPorts {
+    pub fn new(cell: &str, (first, last): (u16, u16), capacity: u32) -> Self {
+        let ports = u32::from(last) - u32::from(first) + 1;
+        let by_range = ports / 2;
+        Self {
+            cell: cell.into(),
+            first_port: first,
+            slots: by_range.min(capacity),
+        }
+    }
+
+    /// PostgreSQL and Patroni REST ports of a slot: fixed by the slot, so a
+    /// member keeps its ports across container re-creation and agent restarts.
+    pub fn ports(&self, slot: u32) -> (u16, u16) {
+        let pg = u32::from(self.first_port) + 2 * slot;
+        (pg as u16, (pg + 1) as u16)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("cell {0} has no free member slot (capacity or port range exhausted)")]
+    NoCapacity(String),
+    #[error(transparent)]
+    Etcd(#[from] anyhow::Error),
+}
+
+pub enum Placed {
+    Created(Placement),
+    Exists(Placement),
+}
+
+pub async fn get_json<T: DeserializeOwned>(client: &mut Client, key: &str) -> anyhow::Result<Option<(T, i64)>> {
+    let resp = client.get(key, None).await.with_context(|| format!("etcd get {key}"))?;
+    match resp.kvs().first() {
+        None => Ok(None),
+        Some(kv) => {
+            let v = serde_json::from_slice(kv.value()).with_context(|| format!("bad JSON at {key}"))?;
+            Ok(Some((v, kv.mod_revision())))
+        }
+    }
+}
+
+/// Every `(key, value)` under a prefix, with the revision of the read.
+pub async fn get_prefix(client: &mut Client, prefix: &str) -> anyhow::Result<(Vec<(String, Vec<u8>)>, i64)> {
+    let resp = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .with_context(|| format!("etcd get prefix {prefix}"))?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+    let kvs = resp
+        .kvs()
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec()))
+        .collect();
+    Ok((kvs, rev))
+}
+
+/// Parses every value under a prefix, skipping (and logging) the ones that are not `T`.
+pub async fn list_json<T: DeserializeOwned>(client: &mut Client, prefix: &str) -> anyhow::Result<Vec<T>> {
+    let (kvs, _) = get_prefix(client, prefix).await?;
+    Ok(kvs
+        .into_iter()
+        .filter_map(|(k, v)| match serde_json::from_slice(&v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(key = %k, error = %e, "skipping a value that does not parse");
+                None
+            }
+        })
+        .collect())
+}
+
+/// Returns the cluster's secrets, creating them if this is the first member.
+pub async fn ensure_secrets(client: &mut Client, instance: &str) -> anyhow::Result<Secrets> {
+    let key = keys::secrets(instance);
+    let fresh = Secrets::generate();
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.as_str(), serde_json::to_vec(&fresh)?, None)])
+        .or_else([TxnOp::get(key.as_str(), None)]);
+    let resp = client.txn(txn).await.context("etcd txn (secrets)")?;
+    if resp.succeeded() {
+        return Ok(fresh);
+    }
+    get_json(client, &key)
+        .await?
+        .map(|(s, _)| s)
+        .context("secrets vanished while being read")
+}
+
+/// Places a member on a cell, taking the lowest free port slot; two callers can
+/// never take the same slot or place the same instance twice on one cell.
+pub async fn place_member(client: &mut Client, cell: &CellPorts, mut want: Placement) -> Result<Placed, PlaceError> {
+    let key = keys::placement(&cell.cell, &want.instance_id);
+    for _ in 0..16 {
+        if let Some((existing, _)) = get_json::<Placement>(client, &key).await? {
+            return Ok(Placed::Exists(existing));
+        }
+        let (used, _) = get_prefix(client, &keys::cell_ports(&cell.cell)).await?;
+        let used: std::collections::HashSet<u32> = used
+            .iter()
+            .filter_map(|(k, _)| k.rsplit('/').next()?.parse().ok())
+            .collect();
+        let slot = (0..cell.slots)
+            .find(|s| !used.contains(s))
+            .ok_or_else(|| PlaceError::NoCapacity(cell.cell.clone()))?;
+        let slot_key = keys::port_slot(&cell.cell, slot);
+        (want.pg_port, want.api_port) = cell.ports(slot);
+        want.slot = slot;
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                Compare::create_revision(slot_key.as_str(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(
+                    key.as_str(),
+                    serde_json::to_vec(&want).map_err(anyhow::Error::from)?,
+                    None,
+                ),
+                TxnOp::put(slot_key.as_str(), want.member.as_str(), None),
+            ]);
+        if client.txn(txn).await.context("etcd txn (placement)")?.succeeded() {
+            return Ok(Placed::Created(want));
+        }
+    }
+    Err(PlaceError::Etcd(anyhow::anyhow!(
+        "placement on {} kept racing; try again",
+        cell.cell
+    )))
+}
+
+/// Removes a placement and frees its port slot, if the placement is still the one read.
+pub async fn remove_placement(client: &mut Client, p: &Placement, mod_rev: i64) -> anyhow::Result<bool> {
+    let key = keys::placement(&p.cell, &p.instance_id);
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev)])
+        .and_then([
+            TxnOp::delete(key.as_str(), None),
+            TxnOp::delete(keys::port_slot(&p.cell, p.slot), None),
+        ]);
+    Ok(client
+        .txn(txn)
+        .await
+        .context("etcd txn (remove placement)")?
+        .succeeded())
+}
+
+/// Cells holding a placement of the instance.
+pub async fn instance_cells(client: &mut Client, instance: &str) -> anyhow::Result<Vec<String>> {
+    let resp = client
+        .get(
+            keys::placements(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .context("etcd get placements")?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let k = std::str::from_utf8(kv.key()).ok()?;
+            let (cell, id) = keys::placement_instance(k)?;
+            (id == instance).then(|| cell.to_string())
+        })
+        .collect())
+}
+
+/// Deletes an instance's own keys and its Patroni cluster's keys: nothing else.
+pub async fn delete_instance_keys(client: &mut Client, instance: &str) -> anyhow::Result<()> {
+    let opts = || Some(etcd_client::DeleteOptions::new().with_prefix());
+    client
+        .delete(keys::instance(instance), opts())
+        .await
+        .context("etcd delete instance keys")?;
+    client
+        .delete(keys::patroni_scope(&crate::names::scope(instance)), opts())
+        .await
+        .context("etcd delete Patroni keys")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_fit_range_and_capacity() {
+        let c = CellPorts::new("a", (30000, 30009), 32);
+        assert_eq!(c.slots, 5);
+        assert_eq!(c.ports(0), (30000, 30001));
+        assert_eq!(c.ports(4), (30008, 30009));
+        assert_eq!(CellPorts::new("a", (30000, 30999), 3).slots, 3);
+        assert_eq!(CellPorts::new("a", (30000, 30000), 3).slots, 0);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secrets::generate();
+        assert!(!format!("{s:?}").contains(&s.superuser));
+    }
+}

@@ -1,0 +1,210 @@
+//! The seed's per-cell broker API: `PUT /v2/service_instances/<id>` on a cell
+//! creates that cell's member of cluster `cf-<id>`; the same PUT on another
+//! cell adds a member there; `DELETE` removes this cell's member and its data.
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, delete, get, put, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::Authorized;
+use super::osb::{OsbError, parse_json, read_body};
+use crate::actors::cell::{CellActor, EnsureMember, GetActors, RetireMember};
+use crate::cell::member::CellDeps;
+use crate::etcd::store::{self, CellPorts, PlaceError, Placed, Placement};
+use crate::etcd::{Client, keys};
+use crate::names;
+
+/// The seed's service and plan: one member of the cluster on the cell asked.
+pub const SEED_SERVICE_ID: &str = "0f5c1670-6dc3-11e5-bc08-6c4008a663f0";
+pub const SEED_PLAN_ID: &str = "1545e30e-6dc3-11e5-826a-6c4008a663f0";
+
+pub struct CellApi {
+    pub cell: Addr<CellActor>,
+    pub deps: CellDeps,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(catalog)
+        .service(provision)
+        .service(deprovision)
+        .service(debug_actors);
+}
+
+#[get("/v2/catalog")]
+async fn catalog(_: Authorized) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "services": [{
+            "id": SEED_SERVICE_ID,
+            "name": "pgcell-postgresql",
+            "description": "PostgreSQL 15 kept highly available by Patroni: one member on this cell",
+            "bindable": true,
+            "plan_updateable": false,
+            "tags": ["postgresql", "patroni"],
+            "plans": [{
+                "id": SEED_PLAN_ID,
+                "name": "member",
+                "description": "A member of cluster cf-<instance id> on this cell; PUT on other cells adds replicas",
+                "free": true,
+            }],
+        }],
+    }))
+}
+
+#[derive(Deserialize)]
+struct ProvisionBody {
+    service_id: String,
+    plan_id: String,
+    #[allow(dead_code)]
+    #[serde(default)]
+    organization_guid: Option<String>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    space_guid: Option<String>,
+}
+
+fn check_id(id: &str) -> Result<(), OsbError> {
+    if names::is_safe(id) {
+        Ok(())
+    } else {
+        Err(OsbError::bad_request(
+            "instance id must be 1-63 letters, digits, '-' or '_', starting with a letter or digit",
+        ))
+    }
+}
+
+fn check_ids(service_id: Option<&str>, plan_id: Option<&str>) -> Result<(), OsbError> {
+    if service_id.is_some_and(|s| s != SEED_SERVICE_ID) {
+        return Err(OsbError::bad_request(format!(
+            "unknown service_id; this cell offers {SEED_SERVICE_ID}"
+        )));
+    }
+    if plan_id.is_some_and(|p| p != SEED_PLAN_ID) {
+        return Err(OsbError::bad_request(format!(
+            "unknown plan_id; this cell offers {SEED_PLAN_ID}"
+        )));
+    }
+    Ok(())
+}
+
+#[put("/v2/service_instances/{id}")]
+async fn provision(
+    _: Authorized,
+    api: web::Data<CellApi>,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, OsbError> {
+    check_id(&id)?;
+    let body: ProvisionBody = parse_json(&read_body(payload).await?)?;
+    check_ids(Some(&body.service_id), Some(&body.plan_id))?;
+
+    let cfg = &api.deps.cfg;
+    let mut etcd: Client = api.deps.etcd.clone();
+    let want = Placement {
+        instance_id: id.clone(),
+        scope: names::scope(&id),
+        member: names::member(&id, &cfg.name),
+        cell: cfg.name.clone(),
+        slot: 0,
+        pg_port: 0,
+        api_port: 0,
+        service_id: body.service_id,
+        plan_id: body.plan_id,
+        memory_mb: cfg.memory_mb,
+    };
+    let ports = CellPorts::new(&cfg.name, cfg.ports().map_err(OsbError::internal)?, cfg.capacity);
+    let placed = match store::place_member(&mut etcd, &ports, want.clone()).await {
+        Ok(p) => p,
+        Err(PlaceError::NoCapacity(cell)) => {
+            return Err(OsbError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("cell {cell} is full: no member slot left; use another cell"),
+            ));
+        }
+        Err(PlaceError::Etcd(e)) => return Err(OsbError::internal(format!("{e:#}"))),
+    };
+    let (placement, status) = match placed {
+        Placed::Exists(p) if p.service_id == want.service_id && p.plan_id == want.plan_id => (p, StatusCode::OK),
+        Placed::Exists(_) => {
+            return Err(OsbError::new(
+                StatusCode::CONFLICT,
+                "instance exists here with another service or plan",
+            ));
+        }
+        Placed::Created(p) => (p, StatusCode::CREATED),
+    };
+    tracing::info!(instance = %id, member = %placement.member, pg_port = placement.pg_port, "member placed");
+    api.cell
+        .send(EnsureMember(placement))
+        .await
+        .map_err(OsbError::internal)?
+        .map_err(OsbError::internal)?;
+    Ok(HttpResponse::build(status).json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct DeprovisionQuery {
+    service_id: Option<String>,
+    plan_id: Option<String>,
+}
+
+#[delete("/v2/service_instances/{id}")]
+async fn deprovision(
+    _: Authorized,
+    api: web::Data<CellApi>,
+    id: web::Path<String>,
+    query: web::Query<DeprovisionQuery>,
+) -> Result<HttpResponse, OsbError> {
+    check_id(&id)?;
+    check_ids(query.service_id.as_deref(), query.plan_id.as_deref())?;
+    let cfg = &api.deps.cfg;
+    let mut etcd = api.deps.etcd.clone();
+    let key = keys::placement(&cfg.name, &id);
+    let Some((placement, rev)) = store::get_json::<Placement>(&mut etcd, &key)
+        .await
+        .map_err(OsbError::internal)?
+    else {
+        return Err(OsbError::new(
+            StatusCode::GONE,
+            format!("instance {id} has no member on this cell"),
+        ));
+    };
+    if !store::remove_placement(&mut etcd, &placement, rev)
+        .await
+        .map_err(OsbError::internal)?
+    {
+        return Err(OsbError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "instance changed meanwhile; try again",
+        )
+        .code("ConcurrencyError"));
+    }
+    api.cell
+        .send(RetireMember(placement.clone()))
+        .await
+        .map_err(OsbError::internal)?
+        .map_err(OsbError::internal)?;
+    api.deps.purge_data(&placement.member).map_err(OsbError::internal)?;
+    etcd.delete(keys::patroni_member(&placement.scope, &placement.member), None)
+        .await
+        .map_err(OsbError::internal)?;
+    if store::instance_cells(&mut etcd, &id)
+        .await
+        .map_err(OsbError::internal)?
+        .is_empty()
+    {
+        store::delete_instance_keys(&mut etcd, &id)
+            .await
+            .map_err(OsbError::internal)?;
+        tracing::info!(instance = %id, "last member removed; cluster keys deleted");
+    }
+    tracing::info!(instance = %id, member = %placement.member, "member removed with its data");
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+#[get("/debug/actors")]
+async fn debug_actors(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResponse, OsbError> {
+    let actors = api.cell.send(GetActors).await.map_err(OsbError::internal)?;
+    Ok(HttpResponse::Ok().json(actors))
+}

@@ -1,0 +1,149 @@
+//! Renders a member's Patroni configuration. YAML is a superset of JSON, so the
+//! configuration is written as JSON and needs no YAML library.
+
+use serde_json::{Value, json};
+
+use crate::config::PatroniTiming;
+use crate::etcd::store::{Placement, Secrets};
+
+/// Where the member's host directory is mounted inside the container.
+pub const MOUNT: &str = "/var/lib/pgcell";
+
+pub struct MemberConfig<'a> {
+    pub placement: &'a Placement,
+    pub secrets: &'a Secrets,
+    pub etcd_hosts: &'a [String],
+    pub advertise_host: &'a str,
+    pub listen_host: &'a str,
+    pub timing: &'a PatroniTiming,
+    /// Synchronous replication (the HA plans' default; a single member cannot use it).
+    pub synchronous_mode: bool,
+}
+
+impl MemberConfig<'_> {
+    pub fn render(&self) -> Value {
+        let p = self.placement;
+        let s = self.secrets;
+        let t = self.timing;
+        let password_hba = [
+            "local all postgres peer",
+            "local all all scram-sha-256",
+            "host replication replicator 0.0.0.0/0 scram-sha-256",
+            "host replication replicator ::/0 scram-sha-256",
+            "host all all 0.0.0.0/0 scram-sha-256",
+            "host all all ::/0 scram-sha-256",
+        ];
+        json!({
+            "scope": p.scope,
+            "namespace": crate::etcd::keys::PATRONI_NAMESPACE,
+            "name": p.member,
+            "log": {"level": "INFO"},
+            "restapi": {
+                "listen": format!("{}:{}", self.listen_host, p.api_port),
+                "connect_address": format!("{}:{}", self.advertise_host, p.api_port),
+                "authentication": {"username": "admin", "password": s.admin},
+            },
+            "etcd3": {"hosts": self.etcd_hosts},
+            "bootstrap": {
+                "dcs": {
+                    "ttl": t.ttl,
+                    "loop_wait": t.loop_wait,
+                    "retry_timeout": t.retry_timeout,
+                    "maximum_lag_on_failover": 1_048_576,
+                    "synchronous_mode": self.synchronous_mode,
+                    "postgresql": {
+                        "use_pg_rewind": true,
+                        "use_slots": true,
+                        "parameters": {
+                            "wal_level": "replica",
+                            "hot_standby": "on",
+                            "wal_log_hints": "on",
+                            "max_wal_senders": 10,
+                            "max_replication_slots": 10,
+                            "wal_keep_size": "128MB",
+                        },
+                    },
+                },
+                "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
+            },
+            "postgresql": {
+                "listen": format!("{}:{}", self.listen_host, p.pg_port),
+                "connect_address": format!("{}:{}", self.advertise_host, p.pg_port),
+                "data_dir": format!("{MOUNT}/pgdata"),
+                "bin_dir": "/usr/lib/postgresql/15/bin",
+                "pgpass": "/tmp/pgpass",
+                "authentication": {
+                    "superuser": {"username": "postgres", "password": s.superuser},
+                    "replication": {"username": "replicator", "password": s.replication},
+                    "rewind": {"username": "rewinder", "password": s.rewind},
+                },
+                "parameters": {
+                    "unix_socket_directories": "/var/run/postgresql",
+                    "password_encryption": "scram-sha-256",
+                },
+                "pg_hba": password_hba,
+            },
+            "tags": {"nofailover": false, "noloadbalance": false, "clonefrom": false, "nosync": false},
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement() -> Placement {
+        Placement {
+            instance_id: "1".into(),
+            scope: "cf-1".into(),
+            member: "cf-1-a".into(),
+            cell: "a".into(),
+            slot: 0,
+            pg_port: 30000,
+            api_port: 30001,
+            service_id: "s".into(),
+            plan_id: "p".into(),
+            memory_mb: 512,
+        }
+    }
+
+    #[test]
+    fn renders_scope_ports_timing_and_password_only_access() {
+        let (p, s) = (placement(), Secrets::generate());
+        let hosts = vec!["127.0.0.1:2379".to_string()];
+        let t = PatroniTiming::default();
+        let v = MemberConfig {
+            placement: &p,
+            secrets: &s,
+            etcd_hosts: &hosts,
+            advertise_host: "10.0.0.5",
+            listen_host: "0.0.0.0",
+            timing: &t,
+            synchronous_mode: true,
+        }
+        .render();
+        assert_eq!(v["scope"], "cf-1");
+        assert_eq!(v["postgresql"]["connect_address"], "10.0.0.5:30000");
+        assert_eq!(v["postgresql"]["listen"], "0.0.0.0:30000");
+        assert_eq!(v["restapi"]["connect_address"], "10.0.0.5:30001");
+        assert_eq!(v["bootstrap"]["dcs"]["ttl"], 10);
+        assert_eq!(v["bootstrap"]["dcs"]["synchronous_mode"], true);
+        assert_eq!(v["bootstrap"]["dcs"]["postgresql"]["use_pg_rewind"], true);
+        assert_eq!(
+            v["postgresql"]["authentication"]["superuser"]["password"],
+            s.superuser.as_str()
+        );
+        let hba: Vec<&str> = v["postgresql"]["pg_hba"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert!(
+            hba.iter()
+                .filter(|l| l.starts_with("host"))
+                .all(|l| l.ends_with("scram-sha-256"))
+        );
+        assert!(!hba.iter().any(|l| l.contains("trust")));
+    }
+}

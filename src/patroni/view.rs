@@ -1,0 +1,167 @@
+//! What Patroni says about a cluster: its leader key and its members' JSON.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::etcd::keys::PATRONI_NAMESPACE;
+
+/// Patroni 3 writes `master`, Patroni 4 writes `primary`.
+pub fn is_primary_role(role: &str) -> bool {
+    role == "master" || role == "primary"
+}
+
+#[derive(Deserialize)]
+struct MemberJson {
+    #[serde(default)]
+    conn_url: String,
+    #[serde(default)]
+    api_url: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    role: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MemberStatus {
+    pub name: String,
+    pub role: String,
+    pub state: String,
+    pub host: String,
+    pub port: u16,
+    pub api_url: String,
+}
+
+impl MemberStatus {
+    fn parse(name: &str, value: &[u8]) -> Option<Self> {
+        let m: MemberJson = serde_json::from_slice(value).ok()?;
+        let (host, port) = parse_conn_url(&m.conn_url).unwrap_or_default();
+        Some(Self {
+            name: name.into(),
+            role: m.role,
+            state: m.state,
+            host,
+            port,
+            api_url: m.api_url,
+        })
+    }
+}
+
+/// `postgres://host:port/db` → `(host, port)`.
+pub fn parse_conn_url(url: &str) -> Option<(String, u16)> {
+    let rest = url.split_once("://")?.1;
+    let hostport = rest.split(['/', '?']).next()?;
+    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h);
+    let (host, port) = hostport.rsplit_once(':')?;
+    Some((host.trim_matches(['[', ']']).to_string(), port.parse().ok()?))
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ClusterView {
+    pub scope: String,
+    pub leader: Option<String>,
+    pub members: BTreeMap<String, MemberStatus>,
+}
+
+impl ClusterView {
+    pub fn new(scope: &str) -> Self {
+        Self {
+            scope: scope.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Applies one key below `/service/<scope>/` (`None` = deleted).
+    pub fn apply(&mut self, rel_key: &str, value: Option<&[u8]>) {
+        if rel_key == "leader" {
+            self.leader = value.map(|v| String::from_utf8_lossy(v).into_owned());
+        } else if let Some(name) = rel_key.strip_prefix("members/") {
+            match value.and_then(|v| MemberStatus::parse(name, v)) {
+                Some(m) => {
+                    self.members.insert(name.into(), m);
+                }
+                None => {
+                    self.members.remove(name);
+                }
+            }
+        }
+    }
+
+    /// The leader's member, if Patroni names one and it has registered.
+    pub fn leader_member(&self) -> Option<&MemberStatus> {
+        self.members.get(self.leader.as_deref()?)
+    }
+
+    /// The member clients should reach: named leader *and* running as the primary.
+    pub fn primary(&self) -> Option<&MemberStatus> {
+        self.leader_member()
+            .filter(|m| m.state == "running" && is_primary_role(&m.role))
+    }
+}
+
+/// Groups every key under Patroni's namespace into one view per scope.
+pub fn views_from_kvs<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> BTreeMap<String, ClusterView> {
+    let mut views: BTreeMap<String, ClusterView> = BTreeMap::new();
+    for (key, value) in kvs {
+        let Some((scope, rel)) = key.strip_prefix(PATRONI_NAMESPACE).and_then(|k| k.split_once('/')) else {
+            continue;
+        };
+        views
+            .entry(scope.into())
+            .or_insert_with(|| ClusterView::new(scope))
+            .apply(rel, Some(value));
+    }
+    views
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M1: &[u8] = br#"{"conn_url":"postgres://127.0.0.1:30000/postgres","api_url":"http://127.0.0.1:30001/patroni","state":"running","role":"master","version":"3.0.2","xlog_location":1,"timeline":1}"#;
+    const M2: &[u8] = br#"{"conn_url":"postgres://127.0.0.2:31000/postgres","api_url":"http://127.0.0.2:31001/patroni","state":"running","role":"replica"}"#;
+
+    #[test]
+    fn conn_urls() {
+        assert_eq!(
+            parse_conn_url("postgres://127.0.0.1:30000/postgres"),
+            Some(("127.0.0.1".into(), 30000))
+        );
+        assert_eq!(parse_conn_url("postgres://u:p@h:5/d?x=1"), Some(("h".into(), 5)));
+        assert_eq!(parse_conn_url("postgres://[::1]:5/d"), Some(("::1".into(), 5)));
+        assert_eq!(parse_conn_url("nonsense"), None);
+    }
+
+    #[test]
+    fn leader_and_roles() {
+        let views = views_from_kvs([
+            ("/service/cf-1/leader", b"a".as_slice()),
+            ("/service/cf-1/members/a", M1),
+            ("/service/cf-1/members/b", M2),
+            ("/service/cf-1/config", b"{}".as_slice()),
+            ("/service/cf-2/members/c", M2),
+        ]);
+        let v = &views["cf-1"];
+        assert_eq!(v.primary().unwrap().host, "127.0.0.1");
+        assert_eq!(v.members["b"].role, "replica");
+        assert!(views["cf-2"].primary().is_none());
+    }
+
+    #[test]
+    fn primary_needs_running_and_primary_role() {
+        let mut v = ClusterView::new("cf-1");
+        v.apply("members/a", Some(M1));
+        assert!(v.primary().is_none(), "no leader key");
+        v.apply("leader", Some(b"a"));
+        assert!(v.primary().is_some());
+        let patroni4 = String::from_utf8_lossy(M1).replace("\"master\"", "\"primary\"");
+        v.apply("members/a", Some(patroni4.as_bytes()));
+        assert!(v.primary().is_some(), "Patroni 4 writes primary");
+        v.apply("members/a", Some(br#"{"state":"starting","role":"master"}"#));
+        assert!(v.primary().is_none());
+        v.apply("members/a", None);
+        v.apply("leader", None);
+        assert!(v.leader_member().is_none());
+    }
+}
