@@ -242,3 +242,14 @@ mod tests {
         assert!(err.contains("unknown field"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    #[test]
+    fn the_shipped_example_is_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cell.toml");
+        let cfg: super::CellConfig = super::load_layered(Some(&path), &[], &|_| None).unwrap();
+        let text = |c: &super::CellConfig| toml::to_string(c).unwrap();
+        assert_eq!(text(&cfg), text(&super::CellConfig::default()));
+    }
+}

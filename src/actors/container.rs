@@ -9,6 +9,7 @@ use actix::prelude::*;
 use super::{ActorStatus, GetState};
 use crate::backoff::Backoff;
 use crate::cell::member::CellDeps;
+use crate::cell::reconcile::ContainerStep;
 use crate::etcd::store::Placement;
 
 pub struct ContainerActor {
@@ -36,7 +37,9 @@ impl ContainerActor {
         let (deps, p) = (self.deps.clone(), self.placement.clone());
         Box::pin(async move { deps.ensure_running(&p).await }.into_actor(self).map(|res, act, _| match res {
             Ok(step) => {
-                tracing::info!(member = %act.placement.member, ?step, "member container ensured");
+                if step != ContainerStep::Nothing {
+                    tracing::info!(member = %act.placement.member, ?step, "member container started");
+                }
                 act.status.event("running");
                 Ok(())
             }

@@ -55,6 +55,7 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
             .app_data(creds.clone())
             .service(http::healthz)
             .configure(http::cell_api::routes)
+            .default_service(web::to(http::not_found))
     })
     .workers(2)
     .listen(listener)?

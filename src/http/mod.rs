@@ -7,8 +7,18 @@ pub mod osb;
 
 use actix_web::{HttpResponse, get};
 
+use osb::OsbError;
+
 /// Liveness, without auth (for load balancers and monit).
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+/// Unknown paths and methods get an OSB error body too.
+pub async fn not_found() -> Result<HttpResponse, OsbError> {
+    Err(OsbError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "no such endpoint",
+    ))
 }

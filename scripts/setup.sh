@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what pgcell needs on a fresh Debian machine and builds the
+# PostgreSQL image. Idempotent: a second run installs and builds nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pair in protoc:protobuf-compiler etcd:etcd-server etcdctl:etcd-client debootstrap:debootstrap \
+            psql:postgresql-client pgbench:postgresql-client haproxy:haproxy curl:curl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "setup: need root to install: ${need[*]}" >&2; exit 1; }
+  echo "setup: installing ${need[*]}" >&2
+  apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >&2
+fi
+
+command -v docker >/dev/null || { echo "setup: Docker is not installed; pgcell's cells need a Docker Engine" >&2; exit 1; }
+deploy/image/build.sh >/dev/null
+echo "setup: ready (etcd $(etcd --version | awk 'NR==1{print $3}'), image $(docker image inspect -f '{{index .Config.Labels "org.pgcell.recipe"}}' pgcell/postgres:latest))" >&2

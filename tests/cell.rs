@@ -1,0 +1,249 @@
+//! The seed's walkthrough on two real cells: PUT on cell A gives a leader,
+//! PUT on cell B a streaming replica; the operator tools print the seed's
+//! formats; DELETE on both removes containers, data and keys.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::http::{SEED_AUTH, call};
+use common::*;
+
+fn seed_body() -> String {
+    format!(
+        r#"{{"service_id":"{SEED_SERVICE}","plan_id":"{SEED_PLAN}","organization_guid":"org","space_guid":"space"}}"#
+    )
+}
+
+#[tokio::test]
+async fn seed_walkthrough_leader_replica_tools_and_delete() {
+    let d = Deployment::start(2).await;
+    let (a, b) = (&d.cells[0], &d.cells[1]);
+
+    let t0 = Instant::now();
+    let r = call("PUT", &a.url("/v2/service_instances/1"), SEED_AUTH, Some(&seed_body())).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let leader_port = a.ports.0;
+    let expect = format!("cf-1 postgres:// 127.0.0.1 {leader_port} postgres");
+    wait_for("a leader on cell A", Duration::from_secs(60), || {
+        let out = d.pgcell(&["leaders"]);
+        let expect = expect.clone();
+        async move { (out.trim() == expect).then_some(()) }
+    })
+    .await;
+    let url = d.superuser_url("1", leader_port).await;
+    wait_for("the leader accepting writes", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { psql(&url, "create table if not exists t(x int)").ok() }
+    })
+    .await;
+    eprintln!("PUT to writable leader: {:.1}s", t0.elapsed().as_secs_f64());
+
+    // Same PUT again: idempotent.
+    let r = call("PUT", &a.url("/v2/service_instances/1"), SEED_AUTH, Some(&seed_body())).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let t1 = Instant::now();
+    let r = call("PUT", &b.url("/v2/service_instances/1"), SEED_AUTH, Some(&seed_body())).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let replica = format!("cf-1-{}", b.name);
+    wait_for("cell B's member streaming", Duration::from_secs(90), || {
+        let url = url.clone();
+        let replica = replica.clone();
+        async move {
+            let sql = format!("select state from pg_stat_replication where application_name = '{replica}'");
+            psql(&url, &sql).ok().filter(|s| s == "streaming")
+        }
+    })
+    .await;
+    eprintln!("second PUT to streaming replica: {:.1}s", t1.elapsed().as_secs_f64());
+
+    // A write on the leader reaches the replica.
+    psql(&url, "insert into t values (42)").unwrap();
+    let replica_url = d.superuser_url("1", b.ports.0).await;
+    wait_for("the row on the replica", Duration::from_secs(10), || {
+        let u = replica_url.clone();
+        async move { psql(&u, "select x from t").ok().filter(|s| s == "42") }
+    })
+    .await;
+
+    // The operator tools, and the seed's scripts, print the seed's formats.
+    wait_for("states to show both members running", Duration::from_secs(30), || {
+        let out = d.pgcell(&["states"]);
+        async move { (out == "cf-1 master/running/127.0.0.1 replica/running/127.0.0.1 \n").then_some(()) }
+    })
+    .await;
+    let script = std::process::Command::new("scripts/leaders.sh")
+        .env("PGCELL_BIN", pgcell_bin())
+        .env("PGCELL_ETCD_ENDPOINTS", &d.etcd.endpoint)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&script.stdout).trim(),
+        format!("cf-1 postgres:// 127.0.0.1 {leader_port} postgres")
+    );
+    let script = std::process::Command::new("scripts/service_states.sh")
+        .env("PGCELL_BIN", pgcell_bin())
+        .env("PGCELL_ETCD_ENDPOINTS", &d.etcd.endpoint)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&script.stdout),
+        "cf-1 master/running/127.0.0.1 replica/running/127.0.0.1 \n"
+    );
+
+    // DELETE on both cells removes containers, data and the cluster's keys.
+    assert_eq!(d.containers().len(), 2);
+    let q = format!("?service_id={SEED_SERVICE}&plan_id={SEED_PLAN}");
+    for cell in [b, a] {
+        let r = call(
+            "DELETE",
+            &cell.url(&format!("/v2/service_instances/1{q}")),
+            SEED_AUTH,
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    assert!(d.containers().is_empty(), "containers left: {:?}", d.containers());
+    for cell in [a, b] {
+        assert!(
+            dir_is_empty_or_missing(&cell.data_root),
+            "data left in {}",
+            cell.data_root.display()
+        );
+    }
+    assert!(d.etcd.dump("/service/").await.is_empty());
+    let left: Vec<_> = d
+        .etcd
+        .dump("/pgcell/")
+        .await
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("/pgcell/cells/"))
+        .collect();
+    assert!(left.is_empty(), "keys left: {left:?}");
+    // A DELETE of what is gone is 410, as OSB says.
+    let r = call(
+        "DELETE",
+        &a.url(&format!("/v2/service_instances/1{q}")),
+        SEED_AUTH,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 410, "{}", r.text);
+    assert_eq!(d.pgcell(&["leaders"]), "");
+}
+
+#[tokio::test]
+async fn bad_input_gets_4xx_with_osb_body_and_changes_nothing() {
+    let d = Deployment::start(1).await;
+    let a = &d.cells[0];
+    // One real instance, so "changes nothing" covers existing state too.
+    let r = call("PUT", &a.url("/v2/service_instances/7"), SEED_AUTH, Some(&seed_body())).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    wait_for("leader of cf-7", Duration::from_secs(60), || {
+        let out = d.pgcell(&["leaders"]);
+        async move { out.contains("postgres://").then_some(()) }
+    })
+    .await;
+    let before_etcd = d.etcd.dump("/").await;
+    let before_docker = d.containers();
+
+    let other_plan = seed_body().replace(SEED_PLAN, "00000000-0000-0000-0000-000000000000");
+    let other_service = seed_body().replace(SEED_SERVICE, "00000000-0000-0000-0000-000000000000");
+    let huge = format!(
+        r#"{{"service_id":"{SEED_SERVICE}","plan_id":"{SEED_PLAN}","x":"{}"}}"#,
+        "a".repeat(200_000)
+    );
+    let body = seed_body();
+    let cases: Vec<(&str, String, Option<(&str, &str)>, Option<&str>, u16)> = vec![
+        ("PUT", "/v2/service_instances/8".into(), None, Some(&body), 401),
+        (
+            "PUT",
+            "/v2/service_instances/8".into(),
+            Some(("containers", "wrong")),
+            Some(&body),
+            401,
+        ),
+        ("GET", "/v2/catalog".into(), None, None, 401),
+        ("GET", "/debug/actors".into(), None, None, 401),
+        ("DELETE", "/v2/service_instances/7".into(), None, None, 401),
+        (
+            "PUT",
+            "/v2/service_instances/8".into(),
+            SEED_AUTH,
+            Some(&other_plan),
+            400,
+        ),
+        (
+            "PUT",
+            "/v2/service_instances/8".into(),
+            SEED_AUTH,
+            Some(&other_service),
+            400,
+        ),
+        (
+            "PUT",
+            "/v2/service_instances/8".into(),
+            SEED_AUTH,
+            Some("{not json"),
+            400,
+        ),
+        (
+            "PUT",
+            "/v2/service_instances/8".into(),
+            SEED_AUTH,
+            Some(r#"{"service_id":1,"plan_id":[]}"#),
+            400,
+        ),
+        ("PUT", "/v2/service_instances/8".into(), SEED_AUTH, None, 400),
+        ("PUT", "/v2/service_instances/8".into(), SEED_AUTH, Some(&huge), 413),
+        ("PUT", "/v2/service_instances/a..b".into(), SEED_AUTH, Some(&body), 400),
+        ("PUT", "/v2/service_instances/-x".into(), SEED_AUTH, Some(&body), 400),
+        // The client resolves `..` away: the path reaches no endpoint.
+        (
+            "PUT",
+            "/v2/service_instances/%2e%2e".into(),
+            SEED_AUTH,
+            Some(&body),
+            404,
+        ),
+        ("PUT", "/v2/service_instances/a%2Fb".into(), SEED_AUTH, Some(&body), 400),
+        (
+            "PUT",
+            format!("/v2/service_instances/{}", "x".repeat(64)),
+            SEED_AUTH,
+            Some(&body),
+            400,
+        ),
+        (
+            "PUT",
+            "/v2/service_instances/7".into(),
+            SEED_AUTH,
+            Some(&other_plan),
+            400,
+        ),
+        (
+            "DELETE",
+            "/v2/service_instances/7?plan_id=nope".into(),
+            SEED_AUTH,
+            None,
+            400,
+        ),
+        ("DELETE", "/v2/service_instances/a%20b".into(), SEED_AUTH, None, 400),
+        ("DELETE", "/v2/service_instances/9".into(), SEED_AUTH, None, 410),
+    ];
+    for (method, path, auth, body, want) in cases {
+        let r = call(method, &a.url(&path), auth, body).await;
+        assert_eq!(r.status, want, "{method} {path}: {}", r.text);
+        assert!(
+            r.body.get("description").and_then(|d| d.as_str()).is_some(),
+            "{method} {path}: no OSB body: {}",
+            r.text
+        );
+    }
+    assert_eq!(d.etcd.dump("/").await, before_etcd, "etcd changed");
+    assert_eq!(d.containers(), before_docker, "docker changed");
+    // Health needs no auth; it is the only endpoint that does not.
+    assert_eq!(call("GET", &a.url("/healthz"), None, None).await.status, 200);
+}

@@ -1,0 +1,338 @@
+//! Test harness: real etcd, real cell agents (the `pgcell` binary), real Docker.
+//! Everything a test starts is stopped and removed in `Drop`, even when it fails:
+//! processes by PID, containers by their deployment label, data in a temp dir.
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+pub const SEED_SERVICE: &str = "0f5c1670-6dc3-11e5-bc08-6c4008a663f0";
+pub const SEED_PLAN: &str = "1545e30e-6dc3-11e5-826a-6c4008a663f0";
+
+pub fn pgcell_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pgcell")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Member port blocks below the ephemeral range, distinct per process and call.
+fn port_block() -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let base = 20000 + ((std::process::id() as u16 % 40) * 250) + n * 20;
+    (base, base + 19)
+}
+
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub struct Etcd {
+    child: Option<Child>,
+    pub endpoint: String,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("127.0.0.1:{client}");
+        let mut etcd = Self {
+            child: None,
+            endpoint,
+            dir,
+        };
+        etcd.spawn(peer);
+        etcd
+    }
+
+    fn spawn(&mut self, peer: u16) {
+        let client_url = format!("http://{}", self.endpoint);
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--data-dir", &self.dir.path().join("data").display().to_string()])
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd must be installed (scripts/setup.sh)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&self.endpoint).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([&self.endpoint], None).await.unwrap()
+    }
+
+    /// Every key and value under `/` (for "nothing changed" checks).
+    pub async fn dump(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut c = self.client().await;
+        let resp = c
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    kv.value_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub struct Cell {
+    pub name: String,
+    pub api: String,
+    pub ports: (u16, u16),
+    pub data_root: PathBuf,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Cell {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(pgcell_bin())
+            .arg("cell")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the agent process only (SIGKILL); its containers keep running.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart_agent(&mut self) {
+        self.kill_agent();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A deployment: etcd and some cells, cleaned up on drop.
+pub struct Deployment {
+    pub id: String,
+    pub etcd: Etcd,
+    pub cells: Vec<Cell>,
+    pub tmp: tempfile::TempDir,
+}
+
+impl Deployment {
+    pub async fn start(cells: usize) -> Self {
+        let id = format!("t{}-{}", std::process::id(), free_port());
+        let tmp = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start();
+        let mut d = Self {
+            id,
+            etcd,
+            cells: vec![],
+            tmp,
+        };
+        for i in 0..cells {
+            d.add_cell(&format!("{}-c{i}", d.id)).await;
+        }
+        d
+    }
+
+    pub async fn add_cell(&mut self, name: &str) -> usize {
+        let api_port = free_port();
+        let ports = port_block();
+        let data_root = self.tmp.path().join(name);
+        let env: Vec<(String, String)> = [
+            ("PGCELL_CELL_NAME", name.to_string()),
+            ("PGCELL_DEPLOYMENT", self.id.clone()),
+            ("PGCELL_API_LISTEN", format!("127.0.0.1:{api_port}")),
+            ("PGCELL_PORT_RANGE", format!("{}-{}", ports.0, ports.1)),
+            ("PGCELL_DATA_ROOT", data_root.display().to_string()),
+            ("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoint.clone()),
+            ("PGCELL_MEMORY_MB", "512".to_string()),
+            ("PGCELL_LOG", "info,pgcell=debug".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut cell = Cell {
+            name: name.into(),
+            api: format!("http://127.0.0.1:{api_port}"),
+            ports,
+            data_root,
+            child: None,
+            env,
+            log: self.tmp.path().join(format!("{name}.log")),
+        };
+        cell.spawn();
+        let health = cell.url("/healthz");
+        wait_for("cell agent health", Duration::from_secs(15), || {
+            let h = health.clone();
+            async move { reqwest::get(&h).await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+        self.cells.push(cell);
+        self.cells.len() - 1
+    }
+
+    /// `pgcell <args>` against this deployment's etcd.
+    pub fn pgcell(&self, args: &[&str]) -> String {
+        let out = Command::new(pgcell_bin())
+            .args(args)
+            .env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pgcell {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Names of this deployment's containers (running or not).
+    pub fn containers(&self) -> Vec<String> {
+        docker_names(&format!("label=org.pgcell.deployment={}", self.id))
+    }
+
+    /// The superuser URL of a member port of instance `id`.
+    pub async fn superuser_url(&self, id: &str, port: u16) -> String {
+        let mut c = self.etcd.client().await;
+        let resp = c.get(format!("/pgcell/instances/{id}/secrets"), None).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(resp.kvs()[0].value()).unwrap();
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{port}/postgres",
+            v["superuser"].as_str().unwrap()
+        )
+    }
+
+    pub fn logs(&self) -> String {
+        self.cells
+            .iter()
+            .map(|c| format!("--- {} ---\n{}", c.name, c.log()))
+            .collect()
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for c in &mut self.cells {
+            c.kill_agent();
+        }
+        let ids = docker_ids(&format!("label=org.pgcell.deployment={}", self.id));
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+fn docker_ps(filter: &str, format: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--filter", filter, "--format", format])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+pub fn docker_names(filter: &str) -> Vec<String> {
+    let mut v = docker_ps(filter, "{{.Names}}");
+    v.sort();
+    v
+}
+
+pub fn docker_ids(filter: &str) -> Vec<String> {
+    docker_ps(filter, "{{.ID}}")
+}
+
+/// `psql -tA` with a URL; `Err` carries psql's stderr.
+pub fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([url, "-X", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "3")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+pub fn dir_is_empty_or_missing(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
