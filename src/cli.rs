@@ -28,6 +28,12 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Run a router: one port per instance, forwarded to its current primary
+    Router {
+        /// TOML configuration file (every key optional; PGCELL_* variables override it)
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Print each cluster's leader: `cf-1 postgres:// <host> <port> postgres`
     Leaders,
     /// Print each cluster's members: `cf-1 master/running/<host> replica/running/<host> `
@@ -37,10 +43,7 @@ pub enum Command {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGCELL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 /// Endpoints from `--etcd`, else the environment, else `fallback`.
@@ -60,6 +63,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.validate()?;
             }
             actix::System::new().block_on(crate::cell::daemon::run(cfg))
+        }
+        Command::Router { config } => {
+            let mut cfg = config::RouterConfig::load(config.as_deref())?;
+            if let Some(flag) = cli.etcd.as_deref() {
+                cfg.etcd_endpoints = config::split_endpoints(flag);
+            }
+            actix::System::new().block_on(crate::router::daemon::run(cfg))
         }
         Command::Leaders | Command::States => {
             let endpoints = etcd_endpoints(cli.etcd.as_deref(), vec!["127.0.0.1:2379".into()]);

@@ -21,11 +21,7 @@ pub struct PatroniTiming {
 impl Default for PatroniTiming {
     fn default() -> Self {
         // Measured on this stack: failover after kill -9 is about ttl.
-        Self {
-            ttl: 10,
-            loop_wait: 1,
-            retry_timeout: 3,
-        }
+        Self { ttl: 10, loop_wait: 1, retry_timeout: 3 }
     }
 }
 
@@ -55,6 +51,8 @@ pub struct CellConfig {
     pub image: String,
     /// Memory limit of each member container.
     pub memory_mb: u64,
+    /// Fleet-wide range the routers' per-instance ports are allocated from.
+    pub router_port_range: String,
     pub etcd_endpoints: Vec<String>,
     pub patroni: PatroniTiming,
 }
@@ -75,6 +73,7 @@ impl Default for CellConfig {
             data_root: "/var/lib/pgcell".into(),
             image: "pgcell/postgres:latest".into(),
             memory_mb: 1024,
+            router_port_range: "40000-40999".into(),
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             patroni: PatroniTiming::default(),
         }
@@ -96,6 +95,7 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_DATA_ROOT", "data_root"),
     ("PGCELL_IMAGE", "image"),
     ("PGCELL_MEMORY_MB", "memory_mb"),
+    ("PGCELL_ROUTER_PORT_RANGE", "router_port_range"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -108,18 +108,13 @@ impl CellConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         if !crate::names::is_safe(&self.name) {
-            bail!(
-                "cell name {:?} is not a safe name: use letters, digits, '-' or '_' (at most 63)",
-                self.name
-            );
+            bail!("cell name {:?} is not a safe name: use letters, digits, '-' or '_' (at most 63)", self.name);
         }
         let (first, last) = self.ports()?;
         if last < first + 1 {
-            bail!(
-                "port_range {:?} holds no member (each takes two ports)",
-                self.port_range
-            );
+            bail!("port_range {:?} holds no member (each takes two ports)", self.port_range);
         }
+        parse_port_range(&self.router_port_range).context("router_port_range")?;
         if self.etcd_endpoints.is_empty() {
             bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
         }
@@ -132,11 +127,69 @@ impl CellConfig {
     }
 
     pub fn listen_host(&self) -> &str {
-        if self.listen_host.is_empty() {
-            &self.advertise_host
-        } else {
-            &self.listen_host
+        if self.listen_host.is_empty() { &self.advertise_host } else { &self.listen_host }
+    }
+}
+
+/// Configuration of `pgcell router`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    pub name: String,
+    /// Address clients reach this router at (handed out in credentials).
+    pub advertise_host: String,
+    /// Address the router ports listen on.
+    pub listen_host: String,
+    /// Health, `/debug/` and `/metrics`.
+    pub http_listen: String,
+    pub username: String,
+    /// Empty: a random password is generated at start, so `/debug` and `/metrics` are never open.
+    pub password: String,
+    /// How long the last table is kept while etcd is unreachable; a little under Patroni's ttl.
+    pub grace_ms: u64,
+    /// Threads of the data path.
+    pub data_threads: usize,
+    pub etcd_endpoints: Vec<String>,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            name: "router-1".into(),
+            advertise_host: "127.0.0.1".into(),
+            listen_host: "127.0.0.1".into(),
+            http_listen: "127.0.0.1:8440".into(),
+            username: "admin".into(),
+            password: String::new(),
+            grace_ms: 8_000,
+            data_threads: 2,
+            etcd_endpoints: vec!["127.0.0.1:2379".into()],
         }
+    }
+}
+
+const ROUTER_ENV: &[(&str, &str)] = &[
+    ("PGCELL_ROUTER_NAME", "name"),
+    ("PGCELL_ADVERTISE_HOST", "advertise_host"),
+    ("PGCELL_LISTEN_HOST", "listen_host"),
+    ("PGCELL_HTTP_LISTEN", "http_listen"),
+    ("PGCELL_USERNAME", "username"),
+    ("PGCELL_PASSWORD", "password"),
+    ("PGCELL_GRACE_MS", "grace_ms"),
+    ("PGCELL_DATA_THREADS", "data_threads"),
+    (ETCD_ENV, "etcd_endpoints"),
+];
+
+impl RouterConfig {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let cfg: Self = load_layered(path, ROUTER_ENV, &|k| std::env::var(k).ok())?;
+        if !crate::names::is_safe(&cfg.name) {
+            bail!("router name {:?} is not a safe name", cfg.name);
+        }
+        if cfg.etcd_endpoints.is_empty() {
+            bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
+        }
+        Ok(cfg)
     }
 }
 
@@ -151,11 +204,7 @@ pub fn parse_port_range(s: &str) -> anyhow::Result<(u16, u16)> {
 
 /// Splits a comma-separated endpoint list, dropping blanks.
 pub fn split_endpoints(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(String::from)
-        .collect()
+    s.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect()
 }
 
 /// Reads the TOML file (if any), applies the environment overrides, then
@@ -186,9 +235,7 @@ pub fn load_layered<T: serde::de::DeserializeOwned>(
             table.insert((*key).to_string(), value);
         }
     }
-    toml::Value::Table(table)
-        .try_into()
-        .context("invalid configuration (file or PGCELL_* environment)")
+    toml::Value::Table(table).try_into().context("invalid configuration (file or PGCELL_* environment)")
 }
 
 #[cfg(test)]
@@ -219,14 +266,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.name, "a");
         assert_eq!(cfg.capacity, 7);
-        assert_eq!(
-            cfg.patroni,
-            PatroniTiming {
-                ttl: 5,
-                loop_wait: 1,
-                retry_timeout: 3
-            }
-        );
+        assert_eq!(cfg.patroni, PatroniTiming { ttl: 5, loop_wait: 1, retry_timeout: 3 });
         assert_eq!(cfg.etcd_endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(cfg.ports().unwrap(), (31000, 31009));
         assert_eq!(cfg.listen_host(), "127.0.0.1");

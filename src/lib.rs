@@ -12,6 +12,7 @@
 //! - [`cell`]: plain logic of a cell (reconciling desired members with containers).
 //! - [`actors`]: the actix actors, thin shells over the plain structs above.
 //! - [`http`]: the per-cell broker API, health and the OSB error body.
+//! - [`router`]: the routing mesh: the table from etcd, the data path in plain tokio.
 //! - [`ops`]: operator tools (`pgcell leaders`, `pgcell states`).
 #![forbid(unsafe_code)]
 
@@ -26,4 +27,5 @@ pub mod http;
 pub mod names;
 pub mod ops;
 pub mod patroni;
+pub mod router;
 pub mod secret;

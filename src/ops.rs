@@ -69,14 +69,8 @@ mod tests {
         let c = clusters();
         assert_eq!(
             leaders(&c),
-            [
-                "cf-1 postgres:// 10.0.0.2 31000 postgres",
-                "Cluster cf-2 not found or leader not available yet"
-            ]
+            ["cf-1 postgres:// 10.0.0.2 31000 postgres", "Cluster cf-2 not found or leader not available yet"]
         );
-        assert_eq!(
-            states(&c),
-            ["cf-1 master/running/10.0.0.2 replica/running/10.0.0.1 ", "cf-2 "]
-        );
+        assert_eq!(states(&c), ["cf-1 master/running/10.0.0.2 replica/running/10.0.0.1 ", "cf-2 "]);
     }
 }

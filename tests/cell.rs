@@ -87,49 +87,25 @@ async fn seed_walkthrough_leader_replica_tools_and_delete() {
         .env("PGCELL_ETCD_ENDPOINTS", &d.etcd.endpoint)
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&script.stdout),
-        "cf-1 master/running/127.0.0.1 replica/running/127.0.0.1 \n"
-    );
+    assert_eq!(String::from_utf8_lossy(&script.stdout), "cf-1 master/running/127.0.0.1 replica/running/127.0.0.1 \n");
 
     // DELETE on both cells removes containers, data and the cluster's keys.
     assert_eq!(d.containers().len(), 2);
     let q = format!("?service_id={SEED_SERVICE}&plan_id={SEED_PLAN}");
     for cell in [b, a] {
-        let r = call(
-            "DELETE",
-            &cell.url(&format!("/v2/service_instances/1{q}")),
-            SEED_AUTH,
-            None,
-        )
-        .await;
+        let r = call("DELETE", &cell.url(&format!("/v2/service_instances/1{q}")), SEED_AUTH, None).await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
     assert!(d.containers().is_empty(), "containers left: {:?}", d.containers());
     for cell in [a, b] {
-        assert!(
-            dir_is_empty_or_missing(&cell.data_root),
-            "data left in {}",
-            cell.data_root.display()
-        );
+        assert!(dir_is_empty_or_missing(&cell.data_root), "data left in {}", cell.data_root.display());
     }
     assert!(d.etcd.dump("/service/").await.is_empty());
-    let left: Vec<_> = d
-        .etcd
-        .dump("/pgcell/")
-        .await
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("/pgcell/cells/"))
-        .collect();
+    let left: Vec<_> =
+        d.etcd.dump("/pgcell/").await.into_iter().filter(|(k, _)| !k.starts_with("/pgcell/cells/")).collect();
     assert!(left.is_empty(), "keys left: {left:?}");
     // A DELETE of what is gone is 410, as OSB says.
-    let r = call(
-        "DELETE",
-        &a.url(&format!("/v2/service_instances/1{q}")),
-        SEED_AUTH,
-        None,
-    )
-    .await;
+    let r = call("DELETE", &a.url(&format!("/v2/service_instances/1{q}")), SEED_AUTH, None).await;
     assert_eq!(r.status, 410, "{}", r.text);
     assert_eq!(d.pgcell(&["leaders"]), "");
 }
@@ -151,85 +127,29 @@ async fn bad_input_gets_4xx_with_osb_body_and_changes_nothing() {
 
     let other_plan = seed_body().replace(SEED_PLAN, "00000000-0000-0000-0000-000000000000");
     let other_service = seed_body().replace(SEED_SERVICE, "00000000-0000-0000-0000-000000000000");
-    let huge = format!(
-        r#"{{"service_id":"{SEED_SERVICE}","plan_id":"{SEED_PLAN}","x":"{}"}}"#,
-        "a".repeat(200_000)
-    );
+    let huge = format!(r#"{{"service_id":"{SEED_SERVICE}","plan_id":"{SEED_PLAN}","x":"{}"}}"#, "a".repeat(200_000));
     let body = seed_body();
-    let cases: Vec<(&str, String, Option<(&str, &str)>, Option<&str>, u16)> = vec![
+    type Case<'a> = (&'a str, String, Option<(&'a str, &'a str)>, Option<&'a str>, u16);
+    let cases: Vec<Case> = vec![
         ("PUT", "/v2/service_instances/8".into(), None, Some(&body), 401),
-        (
-            "PUT",
-            "/v2/service_instances/8".into(),
-            Some(("containers", "wrong")),
-            Some(&body),
-            401,
-        ),
+        ("PUT", "/v2/service_instances/8".into(), Some(("containers", "wrong")), Some(&body), 401),
         ("GET", "/v2/catalog".into(), None, None, 401),
         ("GET", "/debug/actors".into(), None, None, 401),
         ("DELETE", "/v2/service_instances/7".into(), None, None, 401),
-        (
-            "PUT",
-            "/v2/service_instances/8".into(),
-            SEED_AUTH,
-            Some(&other_plan),
-            400,
-        ),
-        (
-            "PUT",
-            "/v2/service_instances/8".into(),
-            SEED_AUTH,
-            Some(&other_service),
-            400,
-        ),
-        (
-            "PUT",
-            "/v2/service_instances/8".into(),
-            SEED_AUTH,
-            Some("{not json"),
-            400,
-        ),
-        (
-            "PUT",
-            "/v2/service_instances/8".into(),
-            SEED_AUTH,
-            Some(r#"{"service_id":1,"plan_id":[]}"#),
-            400,
-        ),
+        ("PUT", "/v2/service_instances/8".into(), SEED_AUTH, Some(&other_plan), 400),
+        ("PUT", "/v2/service_instances/8".into(), SEED_AUTH, Some(&other_service), 400),
+        ("PUT", "/v2/service_instances/8".into(), SEED_AUTH, Some("{not json"), 400),
+        ("PUT", "/v2/service_instances/8".into(), SEED_AUTH, Some(r#"{"service_id":1,"plan_id":[]}"#), 400),
         ("PUT", "/v2/service_instances/8".into(), SEED_AUTH, None, 400),
         ("PUT", "/v2/service_instances/8".into(), SEED_AUTH, Some(&huge), 413),
         ("PUT", "/v2/service_instances/a..b".into(), SEED_AUTH, Some(&body), 400),
         ("PUT", "/v2/service_instances/-x".into(), SEED_AUTH, Some(&body), 400),
         // The client resolves `..` away: the path reaches no endpoint.
-        (
-            "PUT",
-            "/v2/service_instances/%2e%2e".into(),
-            SEED_AUTH,
-            Some(&body),
-            404,
-        ),
+        ("PUT", "/v2/service_instances/%2e%2e".into(), SEED_AUTH, Some(&body), 404),
         ("PUT", "/v2/service_instances/a%2Fb".into(), SEED_AUTH, Some(&body), 400),
-        (
-            "PUT",
-            format!("/v2/service_instances/{}", "x".repeat(64)),
-            SEED_AUTH,
-            Some(&body),
-            400,
-        ),
-        (
-            "PUT",
-            "/v2/service_instances/7".into(),
-            SEED_AUTH,
-            Some(&other_plan),
-            400,
-        ),
-        (
-            "DELETE",
-            "/v2/service_instances/7?plan_id=nope".into(),
-            SEED_AUTH,
-            None,
-            400,
-        ),
+        ("PUT", format!("/v2/service_instances/{}", "x".repeat(64)), SEED_AUTH, Some(&body), 400),
+        ("PUT", "/v2/service_instances/7".into(), SEED_AUTH, Some(&other_plan), 400),
+        ("DELETE", "/v2/service_instances/7?plan_id=nope".into(), SEED_AUTH, None, 400),
         ("DELETE", "/v2/service_instances/a%20b".into(), SEED_AUTH, None, 400),
         ("DELETE", "/v2/service_instances/9".into(), SEED_AUTH, None, 410),
     ];

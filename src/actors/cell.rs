@@ -58,9 +58,8 @@ impl CellActor {
         }
         self.reconciling = true;
         let deps = self.deps.clone();
-        let fut = async move { docker::list_cell(&deps.docker, &deps.cfg.name).await }
-            .into_actor(self)
-            .map(|res, act, ctx| {
+        let fut = async move { docker::list_cell(&deps.docker, &deps.cfg.name).await }.into_actor(self).map(
+            |res, act, ctx| {
                 act.reconciling = false;
                 match res {
                     Ok(containers) => act.apply_plan(&containers, ctx),
@@ -72,7 +71,8 @@ impl CellActor {
                 if std::mem::take(&mut act.dirty) {
                     act.reconcile(ctx);
                 }
-            });
+            },
+        );
         ctx.spawn(fut);
     }
 
@@ -106,11 +106,7 @@ impl CellActor {
             );
         }
         self.follow_clusters();
-        self.status.event(format!(
-            "members={} clusters={}",
-            self.members.len(),
-            self.clusters.len()
-        ));
+        self.status.event(format!("members={} clusters={}", self.members.len(), self.clusters.len()));
     }
 
     fn adopt(&mut self, p: Placement) -> Addr<ContainerActor> {
@@ -131,9 +127,7 @@ impl CellActor {
         });
         for scope in scopes {
             let etcd = self.deps.etcd.clone();
-            self.clusters
-                .entry(scope.clone())
-                .or_insert_with(|| ClusterActor::new(etcd, &scope).start());
+            self.clusters.entry(scope.clone()).or_insert_with(|| ClusterActor::new(etcd, &scope).start());
         }
     }
 
@@ -266,24 +260,13 @@ impl Handler<GetActors> for CellActor {
 
     fn handle(&mut self, _: GetActors, _: &mut Context<Self>) -> Self::Result {
         let mine = self.status.clone();
-        let members: Vec<_> = self
-            .members
-            .iter()
-            .map(|(k, a)| (k.clone(), a.clone().recipient()))
-            .collect();
-        let clusters: Vec<_> = self
-            .clusters
-            .iter()
-            .map(|(k, a)| (k.clone(), a.clone().recipient()))
-            .collect();
+        let members: Vec<_> = self.members.iter().map(|(k, a)| (k.clone(), a.clone().recipient())).collect();
+        let clusters: Vec<_> = self.clusters.iter().map(|(k, a)| (k.clone(), a.clone().recipient())).collect();
         Box::pin(async move {
             let ask = |(id, r): (String, Recipient<GetState>), kind: &'static str| async move {
                 match tokio::time::timeout(Duration::from_secs(1), r.send(GetState)).await {
                     Ok(Ok(s)) => s,
-                    _ => ActorStatus {
-                        state: "unresponsive".into(),
-                        ..ActorStatus::new(kind, id)
-                    },
+                    _ => ActorStatus { state: "unresponsive".into(), ..ActorStatus::new(kind, id) },
                 }
             };
             let mut out = vec![mine];

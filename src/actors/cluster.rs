@@ -16,25 +16,13 @@ pub struct ClusterActor {
 
 impl ClusterActor {
     pub fn new(etcd: Client, scope: &str) -> Self {
-        Self {
-            etcd,
-            view: ClusterView::new(scope),
-            status: ActorStatus::new("cluster", scope),
-        }
+        Self { etcd, view: ClusterView::new(scope), status: ActorStatus::new("cluster", scope) }
     }
 
     fn summary(&self) -> String {
-        let members = self
-            .view
-            .members
-            .values()
-            .map(|m| format!("{}/{}/{}", m.name, m.role, m.state))
-            .collect::<Vec<_>>();
-        format!(
-            "leader={} members=[{}]",
-            self.view.leader.as_deref().unwrap_or("none"),
-            members.join(" ")
-        )
+        let members =
+            self.view.members.values().map(|m| format!("{}/{}/{}", m.name, m.role, m.state)).collect::<Vec<_>>();
+        format!("leader={} members=[{}]", self.view.leader.as_deref().unwrap_or("none"), members.join(" "))
     }
 }
 
@@ -70,6 +58,7 @@ impl StreamHandler<WatchEvent> for ClusterActor {
                     self.view.apply(rel, None);
                 }
             }
+            WatchEvent::Live => return,
             WatchEvent::Interrupted { error } => {
                 self.status.error(&anyhow::anyhow!(error));
                 return;

@@ -24,13 +24,7 @@ impl ContainerActor {
     pub fn new(deps: CellDeps, placement: Placement) -> Self {
         let status = ActorStatus::new("container", placement.member.clone());
         let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        Self {
-            deps,
-            placement,
-            status,
-            backoff,
-            retiring: false,
-        }
+        Self { deps, placement, status, backoff, retiring: false }
     }
 
     fn ensure(&mut self) -> ResponseActFuture<Self, Result<(), String>> {

@@ -4,6 +4,7 @@
 pub mod cell;
 pub mod cluster;
 pub mod container;
+pub mod router_table;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,13 +25,7 @@ pub struct ActorStatus {
 
 impl ActorStatus {
     pub fn new(kind: &'static str, id: impl Into<String>) -> Self {
-        Self {
-            kind,
-            id: id.into(),
-            state: "starting".into(),
-            last_event: now(),
-            ..Self::default()
-        }
+        Self { kind, id: id.into(), state: "starting".into(), last_event: now(), ..Self::default() }
     }
 
     pub fn event(&mut self, state: impl Into<String>) {
@@ -45,10 +40,7 @@ impl ActorStatus {
 }
 
 fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
 }
 
 /// Asks an actor for its [`ActorStatus`].

@@ -34,17 +34,10 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
         capacity: cfg.capacity,
         zone: cfg.zone.clone(),
     };
-    let creds = Credentials {
-        username: cfg.api_username.clone(),
-        password: cfg.api_password.clone(),
-    };
-    let deps = CellDeps {
-        cfg: Arc::new(cfg),
-        docker,
-        etcd: etcd.clone(),
-    };
+    let creds = Credentials { username: cfg.api_username.clone(), password: cfg.api_password.clone() };
+    let deps = CellDeps { cfg: Arc::new(cfg), docker, etcd: etcd.clone() };
     let cell = CellActor::new(deps.clone()).start();
-    actix::spawn(registration::run(etcd, record));
+    actix::spawn(registration::run(etcd, crate::etcd::keys::cell(&record.name), serde_json::to_vec(&record)?));
     tracing::info!(cell = %deps.cfg.name, api = %addr, "cell agent running");
 
     let api = web::Data::new(CellApi { cell, deps });

@@ -60,12 +60,7 @@ impl CellDeps {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join("patroni.yml");
         let tmp = dir.join(".patroni.yml.new");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         std::io::Write::write_all(&mut f, serde_json::to_string_pretty(&rendered)?.as_bytes())?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
@@ -74,10 +69,8 @@ impl CellDeps {
     /// Makes the member's container exist and run; returns what it did.
     pub async fn ensure_running(&self, p: &store::Placement) -> anyhow::Result<ContainerStep> {
         let name = crate::names::container(&p.member);
-        let existing = docker::list_cell(&self.docker, &self.cfg.name)
-            .await?
-            .into_iter()
-            .find(|c| c.member == p.member);
+        let existing =
+            docker::list_cell(&self.docker, &self.cfg.name).await?.into_iter().find(|c| c.member == p.member);
         let step = container_step(existing.as_ref());
         if step == ContainerStep::Nothing {
             return Ok(step);

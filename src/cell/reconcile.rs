@@ -22,10 +22,7 @@ impl Desired {
     pub fn apply(&mut self, ev: &WatchEvent) -> bool {
         match ev {
             WatchEvent::Snapshot { kvs, .. } => {
-                self.by_key = kvs
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.clone(), parse(k, v)?)))
-                    .collect();
+                self.by_key = kvs.iter().filter_map(|(k, v)| Some((k.clone(), parse(k, v)?))).collect();
                 self.known = true;
             }
             WatchEvent::Put { key, value, .. } => match parse(key, value) {
@@ -37,7 +34,7 @@ impl Desired {
             WatchEvent::Delete { key, .. } => {
                 self.by_key.remove(key);
             }
-            WatchEvent::Interrupted { .. } => return false,
+            WatchEvent::Interrupted { .. } | WatchEvent::Live => return false,
         }
         true
     }
@@ -140,13 +137,7 @@ mod tests {
 
     fn container(id: &str, running: bool) -> MemberContainer {
         let member = crate::names::member(id, "a");
-        MemberContainer {
-            id: "x".into(),
-            name: crate::names::container(&member),
-            member,
-            instance: id.into(),
-            running,
-        }
+        MemberContainer { id: "x".into(), name: crate::names::container(&member), member, instance: id.into(), running }
     }
 
     fn put(p: &Placement) -> WatchEvent {
@@ -166,42 +157,25 @@ mod tests {
     #[test]
     fn adopts_retires_and_removes_orphans() {
         let mut d = Desired::default();
-        d.apply(&WatchEvent::Snapshot {
-            kvs: vec![],
-            revision: 1,
-        });
+        d.apply(&WatchEvent::Snapshot { kvs: vec![], revision: 1 });
         assert!(d.apply(&put(&placement("1"))));
         assert!(d.apply(&put(&placement("2"))));
         let actors: BTreeSet<String> = ["cf-2-a".to_string(), "cf-3-a".to_string()].into();
         let p = plan(&d, &actors, &[container("1", false), container("4", true)]);
         assert_eq!(p.adopt, vec![placement("1")]);
-        assert_eq!(
-            p.ensure,
-            vec!["cf-2-a".to_string()],
-            "desired, has an actor, no container"
-        );
+        assert_eq!(p.ensure, vec!["cf-2-a".to_string()], "desired, has an actor, no container");
         assert_eq!(p.retire, vec!["cf-3-a".to_string()]);
         assert_eq!(p.orphans, vec!["pgcell-cf-4-a".to_string()]);
-        d.apply(&WatchEvent::Delete {
-            key: keys::placement("a", "1"),
-            revision: 2,
-        });
+        d.apply(&WatchEvent::Delete { key: keys::placement("a", "1"), revision: 2 });
         assert!(d.members().keys().eq(["cf-2-a"]));
     }
 
     #[test]
     fn garbage_placements_are_ignored() {
         let mut d = Desired::default();
-        d.apply(&WatchEvent::Snapshot {
-            kvs: vec![(keys::placement("a", "1"), b"nope".to_vec())],
-            revision: 1,
-        });
+        d.apply(&WatchEvent::Snapshot { kvs: vec![(keys::placement("a", "1"), b"nope".to_vec())], revision: 1 });
         assert!(d.known && d.members().is_empty());
-        assert!(!d.apply(&WatchEvent::Put {
-            key: keys::placement("a", "2"),
-            value: b"{".to_vec(),
-            revision: 2
-        }));
+        assert!(!d.apply(&WatchEvent::Put { key: keys::placement("a", "2"), value: b"{".to_vec(), revision: 2 }));
     }
 
     #[test]

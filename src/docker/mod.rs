@@ -50,10 +50,7 @@ pub struct ContainerSpec {
 }
 
 fn label_filter(cell: &str) -> HashMap<String, Vec<String>> {
-    HashMap::from([(
-        "label".to_string(),
-        vec![format!("{LABEL_CELL}={cell}"), format!("{LABEL_MANAGED}=true")],
-    )])
+    HashMap::from([("label".to_string(), vec![format!("{LABEL_CELL}={cell}"), format!("{LABEL_MANAGED}=true")])])
 }
 
 pub fn is_not_found(e: &DockerError) -> bool {
@@ -62,15 +59,8 @@ pub fn is_not_found(e: &DockerError) -> bool {
 
 /// Every member container of a cell, running or not.
 pub async fn list_cell(docker: &Docker, cell: &str) -> anyhow::Result<Vec<MemberContainer>> {
-    let opts = ListContainersOptions {
-        all: true,
-        filters: Some(label_filter(cell)),
-        ..Default::default()
-    };
-    let list = docker
-        .list_containers(Some(opts))
-        .await
-        .context("docker list containers")?;
+    let opts = ListContainersOptions { all: true, filters: Some(label_filter(cell)), ..Default::default() };
+    let list = docker.list_containers(Some(opts)).await.context("docker list containers")?;
     Ok(list
         .into_iter()
         .filter_map(|c| {
@@ -95,10 +85,7 @@ pub async fn create(docker: &Docker, spec: &ContainerSpec) -> anyhow::Result<()>
         memory: Some((spec.memory_mb * 1024 * 1024) as i64),
         log_config: Some(HostConfigLogConfig {
             typ: Some("json-file".into()),
-            config: Some(HashMap::from([
-                ("max-size".into(), "10m".into()),
-                ("max-file".into(), "3".into()),
-            ])),
+            config: Some(HashMap::from([("max-size".into(), "10m".into()), ("max-file".into(), "3".into())])),
         }),
         ..Default::default()
     };
@@ -109,10 +96,7 @@ pub async fn create(docker: &Docker, spec: &ContainerSpec) -> anyhow::Result<()>
         stop_timeout: Some(30),
         ..Default::default()
     };
-    let opts = CreateContainerOptions {
-        name: Some(spec.name.clone()),
-        platform: String::new(),
-    };
+    let opts = CreateContainerOptions { name: Some(spec.name.clone()), platform: String::new() };
     docker
         .create_container(Some(opts), body)
         .await
@@ -121,18 +105,12 @@ pub async fn create(docker: &Docker, spec: &ContainerSpec) -> anyhow::Result<()>
 }
 
 pub async fn start(docker: &Docker, name: &str) -> anyhow::Result<()> {
-    docker
-        .start_container(name, None)
-        .await
-        .with_context(|| format!("docker start {name}"))
+    docker.start_container(name, None).await.with_context(|| format!("docker start {name}"))
 }
 
 /// Stops gracefully (Patroni shuts PostgreSQL down cleanly), waiting up to `timeout_secs`.
 pub async fn stop(docker: &Docker, name: &str, timeout_secs: i32) -> anyhow::Result<()> {
-    let opts = StopContainerOptions {
-        t: Some(timeout_secs),
-        signal: None,
-    };
+    let opts = StopContainerOptions { t: Some(timeout_secs), signal: None };
     match docker.stop_container(name, Some(opts)).await {
         Err(e) if !is_not_found(&e) => Err(e).with_context(|| format!("docker stop {name}")),
         _ => Ok(()),
@@ -141,11 +119,7 @@ pub async fn stop(docker: &Docker, name: &str, timeout_secs: i32) -> anyhow::Res
 
 /// Removes a container, stopped or not; a container already gone is fine.
 pub async fn remove(docker: &Docker, name: &str) -> anyhow::Result<()> {
-    let opts = RemoveContainerOptions {
-        force: true,
-        v: true,
-        link: false,
-    };
+    let opts = RemoveContainerOptions { force: true, v: true, link: false };
     match docker.remove_container(name, Some(opts)).await {
         Err(e) if !is_not_found(&e) => Err(e).with_context(|| format!("docker rm {name}")),
         _ => Ok(()),
@@ -157,10 +131,7 @@ pub fn events(docker: &Docker, cell: &str) -> impl Stream<Item = Result<EventMes
     let mut filters = label_filter(cell);
     filters.insert("type".into(), vec!["container".into()]);
     filters.insert("event".into(), vec!["start".into(), "die".into(), "destroy".into()]);
-    docker.events(Some(EventsOptions {
-        filters: Some(filters),
-        ..Default::default()
-    }))
+    docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }))
 }
 
 /// The member label and action of a container event.

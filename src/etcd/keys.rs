@@ -6,6 +6,9 @@
 //! | `/pgcell/placements/<cell>/<id>` | [`Placement`](super::store::Placement) JSON | per-cell API / broker |
 //! | `/pgcell/ports/<cell>/<slot>` | member name holding the slot | same txn as the placement |
 //! | `/pgcell/instances/<id>/secrets` | [`Secrets`](super::store::Secrets) JSON | first member's txn |
+//! | `/pgcell/instances/<id>/router_port` | the instance's router port (decimal) | same txn as the port claim |
+//! | `/pgcell/router_ports/<port>` | instance id holding the router port | allocator txn |
+//! | `/pgcell/routers/<name>` | [`RouterRecord`](super::store::RouterRecord) JSON, on the router's lease | router |
 
 pub const ROOT: &str = "/pgcell/";
 pub const PATRONI_NAMESPACE: &str = "/service/";
@@ -48,6 +51,31 @@ pub fn instance(instance: &str) -> String {
 
 pub fn secrets(instance: &str) -> String {
     format!("{ROOT}instances/{instance}/secrets")
+}
+
+pub fn router_port(instance: &str) -> String {
+    format!("{ROOT}instances/{instance}/router_port")
+}
+
+pub fn router_ports() -> String {
+    format!("{ROOT}router_ports/")
+}
+
+pub fn router_port_claim(port: u16) -> String {
+    format!("{ROOT}router_ports/{port}")
+}
+
+pub fn routers() -> String {
+    format!("{ROOT}routers/")
+}
+
+pub fn router(name: &str) -> String {
+    format!("{ROOT}routers/{name}")
+}
+
+/// The instance of a `/pgcell/instances/<id>/router_port` key.
+pub fn router_port_instance(key: &str) -> Option<&str> {
+    key.strip_prefix(ROOT)?.strip_prefix("instances/")?.strip_suffix("/router_port")
 }
 
 /// Patroni's keys of one cluster, with the trailing slash so `cf-1` does not match `cf-10`.

@@ -47,6 +47,14 @@ pub struct CellRecord {
     pub zone: String,
 }
 
+/// A router as it registers itself, on its lease.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct RouterRecord {
+    pub name: String,
+    pub advertise_host: String,
+    pub debug_url: String,
+}
+
 /// A member of an instance that should run on a cell: the desired state a cell reconciles to.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Placement {
@@ -74,11 +82,7 @@ impl CellPorts {
     pub fn new(cell: &str, (first, last): (u16, u16), capacity: u32) -> Self {
         let ports = u32::from(last) - u32::from(first) + 1;
         let by_range = ports / 2;
-        Self {
-            cell: cell.into(),
-            first_port: first,
-            slots: by_range.min(capacity),
-        }
+        Self { cell: cell.into(), first_port: first, slots: by_range.min(capacity) }
     }
 
     /// PostgreSQL and Patroni REST ports of a slot: fixed by the slot, so a
@@ -120,11 +124,8 @@ pub async fn get_prefix(client: &mut Client, prefix: &str) -> anyhow::Result<(Ve
         .await
         .with_context(|| format!("etcd get prefix {prefix}"))?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
-    let kvs = resp
-        .kvs()
-        .iter()
-        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec()))
-        .collect();
+    let kvs =
+        resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec())).collect();
     Ok((kvs, rev))
 }
 
@@ -155,10 +156,7 @@ pub async fn ensure_secrets(client: &mut Client, instance: &str) -> anyhow::Resu
     if resp.succeeded() {
         return Ok(fresh);
     }
-    get_json(client, &key)
-        .await?
-        .map(|(s, _)| s)
-        .context("secrets vanished while being read")
+    get_json(client, &key).await?.map(|(s, _)| s).context("secrets vanished while being read")
 }
 
 /// Places a member on a cell, taking the lowest free port slot; two callers can
@@ -170,13 +168,10 @@ pub async fn place_member(client: &mut Client, cell: &CellPorts, mut want: Place
             return Ok(Placed::Exists(existing));
         }
         let (used, _) = get_prefix(client, &keys::cell_ports(&cell.cell)).await?;
-        let used: std::collections::HashSet<u32> = used
-            .iter()
-            .filter_map(|(k, _)| k.rsplit('/').next()?.parse().ok())
-            .collect();
-        let slot = (0..cell.slots)
-            .find(|s| !used.contains(s))
-            .ok_or_else(|| PlaceError::NoCapacity(cell.cell.clone()))?;
+        let used: std::collections::HashSet<u32> =
+            used.iter().filter_map(|(k, _)| k.rsplit('/').next()?.parse().ok()).collect();
+        let slot =
+            (0..cell.slots).find(|s| !used.contains(s)).ok_or_else(|| PlaceError::NoCapacity(cell.cell.clone()))?;
         let slot_key = keys::port_slot(&cell.cell, slot);
         (want.pg_port, want.api_port) = cell.ports(slot);
         want.slot = slot;
@@ -186,21 +181,14 @@ pub async fn place_member(client: &mut Client, cell: &CellPorts, mut want: Place
                 Compare::create_revision(slot_key.as_str(), CompareOp::Equal, 0),
             ])
             .and_then([
-                TxnOp::put(
-                    key.as_str(),
-                    serde_json::to_vec(&want).map_err(anyhow::Error::from)?,
-                    None,
-                ),
+                TxnOp::put(key.as_str(), serde_json::to_vec(&want).map_err(anyhow::Error::from)?, None),
                 TxnOp::put(slot_key.as_str(), want.member.as_str(), None),
             ]);
         if client.txn(txn).await.context("etcd txn (placement)")?.succeeded() {
             return Ok(Placed::Created(want));
         }
     }
-    Err(PlaceError::Etcd(anyhow::anyhow!(
-        "placement on {} kept racing; try again",
-        cell.cell
-    )))
+    Err(PlaceError::Etcd(anyhow::anyhow!("placement on {} kept racing; try again", cell.cell)))
 }
 
 /// Removes a placement and frees its port slot, if the placement is still the one read.
@@ -208,24 +196,14 @@ pub async fn remove_placement(client: &mut Client, p: &Placement, mod_rev: i64) 
     let key = keys::placement(&p.cell, &p.instance_id);
     let txn = Txn::new()
         .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev)])
-        .and_then([
-            TxnOp::delete(key.as_str(), None),
-            TxnOp::delete(keys::port_slot(&p.cell, p.slot), None),
-        ]);
-    Ok(client
-        .txn(txn)
-        .await
-        .context("etcd txn (remove placement)")?
-        .succeeded())
+        .and_then([TxnOp::delete(key.as_str(), None), TxnOp::delete(keys::port_slot(&p.cell, p.slot), None)]);
+    Ok(client.txn(txn).await.context("etcd txn (remove placement)")?.succeeded())
 }
 
 /// Cells holding a placement of the instance.
 pub async fn instance_cells(client: &mut Client, instance: &str) -> anyhow::Result<Vec<String>> {
     let resp = client
-        .get(
-            keys::placements(),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
+        .get(keys::placements(), Some(GetOptions::new().with_prefix().with_keys_only()))
         .await
         .context("etcd get placements")?;
     Ok(resp
@@ -239,13 +217,52 @@ pub async fn instance_cells(client: &mut Client, instance: &str) -> anyhow::Resu
         .collect())
 }
 
-/// Deletes an instance's own keys and its Patroni cluster's keys: nothing else.
+/// The instance's router port: the one it holds, or the lowest free one of
+/// `range`, claimed with a transaction so two allocators never hand out the same.
+pub async fn ensure_router_port(client: &mut Client, instance: &str, (first, last): (u16, u16)) -> anyhow::Result<u16> {
+    let key = keys::router_port(instance);
+    for _ in 0..16 {
+        if let Some(port) = router_port_of(client, instance).await? {
+            return Ok(port);
+        }
+        let (claimed, _) = get_prefix(client, &keys::router_ports()).await?;
+        let claimed: std::collections::HashSet<u16> =
+            claimed.iter().filter_map(|(k, _)| k.rsplit('/').next()?.parse().ok()).collect();
+        let port = (first..=last)
+            .find(|p| !claimed.contains(p))
+            .with_context(|| format!("no free router port left in {first}-{last}"))?;
+        let claim = keys::router_port_claim(port);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                Compare::create_revision(claim.as_str(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(key.as_str(), port.to_string(), None), TxnOp::put(claim.as_str(), instance, None)]);
+        if client.txn(txn).await.context("etcd txn (router port)")?.succeeded() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("router port allocation for {instance} kept racing; try again")
+}
+
+pub async fn router_port_of(client: &mut Client, instance: &str) -> anyhow::Result<Option<u16>> {
+    let resp = client.get(keys::router_port(instance), None).await.context("etcd get router port")?;
+    Ok(resp.kvs().first().and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()))
+}
+
+/// Deletes an instance's own keys (its router port claim included) and its
+/// Patroni cluster's keys: nothing else.
 pub async fn delete_instance_keys(client: &mut Client, instance: &str) -> anyhow::Result<()> {
     let opts = || Some(etcd_client::DeleteOptions::new().with_prefix());
-    client
-        .delete(keys::instance(instance), opts())
-        .await
-        .context("etcd delete instance keys")?;
+    if let Some(port) = router_port_of(client, instance).await? {
+        let claim = keys::router_port_claim(port);
+        // Only our own claim: compare its value before deleting it.
+        let txn = Txn::new()
+            .when([Compare::value(claim.as_str(), CompareOp::Equal, instance)])
+            .and_then([TxnOp::delete(claim.as_str(), None)]);
+        client.txn(txn).await.context("etcd txn (release router port)")?;
+    }
+    client.delete(keys::instance(instance), opts()).await.context("etcd delete instance keys")?;
     client
         .delete(keys::patroni_scope(&crate::names::scope(instance)), opts())
         .await

@@ -28,6 +28,8 @@ pub enum WatchEvent {
         key: String,
         revision: i64,
     },
+    /// The watch is established (first time, or again after an interruption).
+    Live,
     /// The watch broke and is being resumed (events are not lost: it resumes at the revision).
     Interrupted {
         error: String,
@@ -79,10 +81,7 @@ async fn watch_once(
             revision + 1
         }
     };
-    let opts = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(start)
-        .with_progress_notify();
+    let opts = WatchOptions::new().with_prefix().with_start_revision(start).with_progress_notify();
     let (mut requests, mut responses) = client.watch(prefix, Some(opts)).await?.split();
     let mut probed = false;
     loop {
@@ -106,6 +105,9 @@ async fn watch_once(
         }
         if resp.created() {
             backoff.reset();
+            if tx.unbounded_send(WatchEvent::Live).is_err() {
+                return Ok(());
+            }
         }
         // A progress notification says everything up to its revision was sent;
         // the `created` response says nothing about the events still to come.
@@ -121,11 +123,7 @@ async fn watch_once(
             let revision = kv.mod_revision();
             *next_rev = Some(revision + 1);
             let event = match ev.event_type() {
-                EventType::Put => WatchEvent::Put {
-                    key,
-                    value: kv.value().to_vec(),
-                    revision,
-                },
+                EventType::Put => WatchEvent::Put { key, value: kv.value().to_vec(), revision },
                 EventType::Delete => WatchEvent::Delete { key, revision },
             };
             if tx.unbounded_send(event).is_err() {

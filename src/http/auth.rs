@@ -47,20 +47,14 @@ impl FromRequest for Authorized {
     type Future = Ready<Result<Self, OsbError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let ok = match (
-            req.app_data::<web::Data<Credentials>>(),
-            req.headers().get("authorization"),
-        ) {
+        let ok = match (req.app_data::<web::Data<Credentials>>(), req.headers().get("authorization")) {
             (Some(creds), Some(h)) => h.to_str().map(|h| creds.accepts(h)).unwrap_or(false),
             _ => false,
         };
         ready(if ok {
             Ok(Authorized)
         } else {
-            Err(OsbError::new(
-                StatusCode::UNAUTHORIZED,
-                "basic auth required: wrong or missing credentials",
-            ))
+            Err(OsbError::new(StatusCode::UNAUTHORIZED, "basic auth required: wrong or missing credentials"))
         })
     }
 }
@@ -75,10 +69,7 @@ mod tests {
 
     #[test]
     fn basic_auth() {
-        let c = Credentials {
-            username: "containers".into(),
-            password: "containers".into(),
-        };
+        let c = Credentials { username: "containers".into(), password: "containers".into() };
         assert!(c.accepts(&basic("containers:containers")));
         assert!(!c.accepts(&basic("containers:wrong")));
         assert!(!c.accepts(&basic("containers")));

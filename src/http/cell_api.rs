@@ -26,10 +26,7 @@ pub struct CellApi {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(catalog)
-        .service(provision)
-        .service(deprovision)
-        .service(debug_actors);
+    cfg.service(catalog).service(provision).service(deprovision).service(debug_actors);
 }
 
 #[get("/v2/catalog")]
@@ -76,14 +73,10 @@ fn check_id(id: &str) -> Result<(), OsbError> {
 
 fn check_ids(service_id: Option<&str>, plan_id: Option<&str>) -> Result<(), OsbError> {
     if service_id.is_some_and(|s| s != SEED_SERVICE_ID) {
-        return Err(OsbError::bad_request(format!(
-            "unknown service_id; this cell offers {SEED_SERVICE_ID}"
-        )));
+        return Err(OsbError::bad_request(format!("unknown service_id; this cell offers {SEED_SERVICE_ID}")));
     }
     if plan_id.is_some_and(|p| p != SEED_PLAN_ID) {
-        return Err(OsbError::bad_request(format!(
-            "unknown plan_id; this cell offers {SEED_PLAN_ID}"
-        )));
+        return Err(OsbError::bad_request(format!("unknown plan_id; this cell offers {SEED_PLAN_ID}")));
     }
     Ok(())
 }
@@ -127,19 +120,16 @@ async fn provision(
     let (placement, status) = match placed {
         Placed::Exists(p) if p.service_id == want.service_id && p.plan_id == want.plan_id => (p, StatusCode::OK),
         Placed::Exists(_) => {
-            return Err(OsbError::new(
-                StatusCode::CONFLICT,
-                "instance exists here with another service or plan",
-            ));
+            return Err(OsbError::new(StatusCode::CONFLICT, "instance exists here with another service or plan"));
         }
         Placed::Created(p) => (p, StatusCode::CREATED),
     };
-    tracing::info!(instance = %id, member = %placement.member, pg_port = placement.pg_port, "member placed");
-    api.cell
-        .send(EnsureMember(placement))
+    let router_range = crate::config::parse_port_range(&cfg.router_port_range).map_err(OsbError::internal)?;
+    let router_port = store::ensure_router_port(&mut etcd, &id, router_range)
         .await
-        .map_err(OsbError::internal)?
-        .map_err(OsbError::internal)?;
+        .map_err(|e| OsbError::internal(format!("{e:#}")))?;
+    tracing::info!(instance = %id, member = %placement.member, pg_port = placement.pg_port, router_port, "member placed");
+    api.cell.send(EnsureMember(placement)).await.map_err(OsbError::internal)?.map_err(OsbError::internal)?;
     Ok(HttpResponse::build(status).json(json!({})))
 }
 
@@ -161,42 +151,19 @@ async fn deprovision(
     let cfg = &api.deps.cfg;
     let mut etcd = api.deps.etcd.clone();
     let key = keys::placement(&cfg.name, &id);
-    let Some((placement, rev)) = store::get_json::<Placement>(&mut etcd, &key)
-        .await
-        .map_err(OsbError::internal)?
+    let Some((placement, rev)) = store::get_json::<Placement>(&mut etcd, &key).await.map_err(OsbError::internal)?
     else {
-        return Err(OsbError::new(
-            StatusCode::GONE,
-            format!("instance {id} has no member on this cell"),
-        ));
+        return Err(OsbError::new(StatusCode::GONE, format!("instance {id} has no member on this cell")));
     };
-    if !store::remove_placement(&mut etcd, &placement, rev)
-        .await
-        .map_err(OsbError::internal)?
-    {
-        return Err(OsbError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "instance changed meanwhile; try again",
-        )
-        .code("ConcurrencyError"));
+    if !store::remove_placement(&mut etcd, &placement, rev).await.map_err(OsbError::internal)? {
+        return Err(OsbError::new(StatusCode::UNPROCESSABLE_ENTITY, "instance changed meanwhile; try again")
+            .code("ConcurrencyError"));
     }
-    api.cell
-        .send(RetireMember(placement.clone()))
-        .await
-        .map_err(OsbError::internal)?
-        .map_err(OsbError::internal)?;
+    api.cell.send(RetireMember(placement.clone())).await.map_err(OsbError::internal)?.map_err(OsbError::internal)?;
     api.deps.purge_data(&placement.member).map_err(OsbError::internal)?;
-    etcd.delete(keys::patroni_member(&placement.scope, &placement.member), None)
-        .await
-        .map_err(OsbError::internal)?;
-    if store::instance_cells(&mut etcd, &id)
-        .await
-        .map_err(OsbError::internal)?
-        .is_empty()
-    {
-        store::delete_instance_keys(&mut etcd, &id)
-            .await
-            .map_err(OsbError::internal)?;
+    etcd.delete(keys::patroni_member(&placement.scope, &placement.member), None).await.map_err(OsbError::internal)?;
+    if store::instance_cells(&mut etcd, &id).await.map_err(OsbError::internal)?.is_empty() {
+        store::delete_instance_keys(&mut etcd, &id).await.map_err(OsbError::internal)?;
         tracing::info!(instance = %id, "last member removed; cluster keys deleted");
     }
     tracing::info!(instance = %id, member = %placement.member, "member removed with its data");

@@ -17,8 +17,5 @@ pub async fn healthz() -> HttpResponse {
 
 /// Unknown paths and methods get an OSB error body too.
 pub async fn not_found() -> Result<HttpResponse, OsbError> {
-    Err(OsbError::new(
-        actix_web::http::StatusCode::NOT_FOUND,
-        "no such endpoint",
-    ))
+    Err(OsbError::new(actix_web::http::StatusCode::NOT_FOUND, "no such endpoint"))
 }

@@ -19,11 +19,7 @@ pub struct OsbError {
 
 impl OsbError {
     pub fn new(status: StatusCode, description: impl Into<String>) -> Self {
-        Self {
-            status,
-            error: None,
-            description: description.into(),
-        }
+        Self { status, error: None, description: description.into() }
     }
 
     pub fn bad_request(description: impl Into<String>) -> Self {
@@ -38,10 +34,7 @@ impl OsbError {
     /// A failure of ours, logged here where it is handled; the caller gets no details.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "request failed");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error; see the broker's log",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the broker's log")
     }
 }
 
@@ -65,10 +58,7 @@ pub async fn read_body(mut payload: web::Payload) -> Result<web::Bytes, OsbError
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| OsbError::bad_request(format!("cannot read the request body: {e}")))?;
         if buf.len() + chunk.len() > MAX_BODY {
-            return Err(OsbError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body over {MAX_BODY} bytes"),
-            ));
+            return Err(OsbError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_BODY} bytes")));
         }
         buf.extend_from_slice(&chunk);
     }

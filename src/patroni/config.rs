@@ -129,21 +129,10 @@ mod tests {
         assert_eq!(v["bootstrap"]["dcs"]["ttl"], 10);
         assert_eq!(v["bootstrap"]["dcs"]["synchronous_mode"], true);
         assert_eq!(v["bootstrap"]["dcs"]["postgresql"]["use_pg_rewind"], true);
-        assert_eq!(
-            v["postgresql"]["authentication"]["superuser"]["password"],
-            s.superuser.as_str()
-        );
-        let hba: Vec<&str> = v["postgresql"]["pg_hba"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_str().unwrap())
-            .collect();
-        assert!(
-            hba.iter()
-                .filter(|l| l.starts_with("host"))
-                .all(|l| l.ends_with("scram-sha-256"))
-        );
+        assert_eq!(v["postgresql"]["authentication"]["superuser"]["password"], s.superuser.as_str());
+        let hba: Vec<&str> =
+            v["postgresql"]["pg_hba"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+        assert!(hba.iter().filter(|l| l.starts_with("host")).all(|l| l.ends_with("scram-sha-256")));
         assert!(!hba.iter().any(|l| l.contains("trust")));
     }
 }

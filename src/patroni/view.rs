@@ -37,14 +37,7 @@ impl MemberStatus {
     fn parse(name: &str, value: &[u8]) -> Option<Self> {
         let m: MemberJson = serde_json::from_slice(value).ok()?;
         let (host, port) = parse_conn_url(&m.conn_url).unwrap_or_default();
-        Some(Self {
-            name: name.into(),
-            role: m.role,
-            state: m.state,
-            host,
-            port,
-            api_url: m.api_url,
-        })
+        Some(Self { name: name.into(), role: m.role, state: m.state, host, port, api_url: m.api_url })
     }
 }
 
@@ -66,10 +59,7 @@ pub struct ClusterView {
 
 impl ClusterView {
     pub fn new(scope: &str) -> Self {
-        Self {
-            scope: scope.into(),
-            ..Self::default()
-        }
+        Self { scope: scope.into(), ..Self::default() }
     }
 
     /// Applies one key below `/service/<scope>/` (`None` = deleted).
@@ -95,8 +85,7 @@ impl ClusterView {
 
     /// The member clients should reach: named leader *and* running as the primary.
     pub fn primary(&self) -> Option<&MemberStatus> {
-        self.leader_member()
-            .filter(|m| m.state == "running" && is_primary_role(&m.role))
+        self.leader_member().filter(|m| m.state == "running" && is_primary_role(&m.role))
     }
 }
 
@@ -107,10 +96,7 @@ pub fn views_from_kvs<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) ->
         let Some((scope, rel)) = key.strip_prefix(PATRONI_NAMESPACE).and_then(|k| k.split_once('/')) else {
             continue;
         };
-        views
-            .entry(scope.into())
-            .or_insert_with(|| ClusterView::new(scope))
-            .apply(rel, Some(value));
+        views.entry(scope.into()).or_insert_with(|| ClusterView::new(scope)).apply(rel, Some(value));
     }
     views
 }
@@ -124,10 +110,7 @@ mod tests {
 
     #[test]
     fn conn_urls() {
-        assert_eq!(
-            parse_conn_url("postgres://127.0.0.1:30000/postgres"),
-            Some(("127.0.0.1".into(), 30000))
-        );
+        assert_eq!(parse_conn_url("postgres://127.0.0.1:30000/postgres"), Some(("127.0.0.1".into(), 30000)));
         assert_eq!(parse_conn_url("postgres://u:p@h:5/d?x=1"), Some(("h".into(), 5)));
         assert_eq!(parse_conn_url("postgres://[::1]:5/d"), Some(("::1".into(), 5)));
         assert_eq!(parse_conn_url("nonsense"), None);

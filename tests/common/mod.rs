@@ -40,10 +40,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -59,11 +56,7 @@ impl Etcd {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("127.0.0.1:{client}");
-        let mut etcd = Self {
-            child: None,
-            endpoint,
-            dir,
-        };
+        let mut etcd = Self { child: None, endpoint, dir };
         etcd.spawn(peer);
         etcd
     }
@@ -74,18 +67,8 @@ impl Etcd {
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
         let child = Command::new("etcd")
             .args(["--data-dir", &self.dir.path().join("data").display().to_string()])
-            .args([
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("default={peer_url}")])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -106,18 +89,10 @@ impl Etcd {
     /// Every key and value under `/` (for "nothing changed" checks).
     pub async fn dump(&self, prefix: &str) -> Vec<(String, String)> {
         let mut c = self.client().await;
-        let resp = c
-            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-            .await
-            .unwrap();
+        let resp = c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
         resp.kvs()
             .iter()
-            .map(|kv| {
-                (
-                    kv.key_str().unwrap().to_string(),
-                    kv.value_str().unwrap_or("").to_string(),
-                )
-            })
+            .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap_or("").to_string()))
             .collect()
     }
 }
@@ -147,11 +122,7 @@ impl Cell {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(pgcell_bin())
             .arg("cell")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -198,12 +169,7 @@ impl Deployment {
         let id = format!("t{}-{}", std::process::id(), free_port());
         let tmp = tempfile::tempdir().unwrap();
         let etcd = Etcd::start();
-        let mut d = Self {
-            id,
-            etcd,
-            cells: vec![],
-            tmp,
-        };
+        let mut d = Self { id, etcd, cells: vec![], tmp };
         for i in 0..cells {
             d.add_cell(&format!("{}-c{i}", d.id)).await;
         }
@@ -249,16 +215,9 @@ impl Deployment {
 
     /// `pgcell <args>` against this deployment's etcd.
     pub fn pgcell(&self, args: &[&str]) -> String {
-        let out = Command::new(pgcell_bin())
-            .args(args)
-            .env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pgcell {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out =
+            Command::new(pgcell_bin()).args(args).env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint).output().unwrap();
+        assert!(out.status.success(), "pgcell {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -272,17 +231,11 @@ impl Deployment {
         let mut c = self.etcd.client().await;
         let resp = c.get(format!("/pgcell/instances/{id}/secrets"), None).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(resp.kvs()[0].value()).unwrap();
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{port}/postgres",
-            v["superuser"].as_str().unwrap()
-        )
+        format!("postgres://postgres:{}@127.0.0.1:{port}/postgres", v["superuser"].as_str().unwrap())
     }
 
     pub fn logs(&self) -> String {
-        self.cells
-            .iter()
-            .map(|c| format!("--- {} ---\n{}", c.name, c.log()))
-            .collect()
+        self.cells.iter().map(|c| format!("--- {} ---\n{}", c.name, c.log())).collect()
     }
 }
 
@@ -302,10 +255,7 @@ impl Drop for Deployment {
 }
 
 fn docker_ps(filter: &str, format: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-a", "--filter", filter, "--format", format])
-        .output()
-        .unwrap();
+    let out = Command::new("docker").args(["ps", "-a", "--filter", filter, "--format", format]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
 }
 

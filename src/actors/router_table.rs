@@ -1,0 +1,181 @@
+//! `RouterTableActor`: follows etcd (router ports and every Patroni cluster),
+//! keeps the shared table the data path reads, and starts or stops one
+//! listener per router port. When etcd is unreachable for longer than the
+//! grace period it refuses new connections rather than guess.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use super::{ActorStatus, GetState};
+use crate::etcd::watch::{WatchEvent, watch_prefix};
+use crate::etcd::{Client, keys};
+use crate::router::proxy::{self, PortState, Stats, Table};
+use crate::router::table::{Route, RoutingTable};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Source {
+    Instances,
+    Patroni,
+}
+
+pub struct RouterTableActor {
+    etcd: Client,
+    table: Table,
+    stats: Arc<Stats>,
+    listen_host: String,
+    data_path: tokio::runtime::Handle,
+    routing: RoutingTable,
+    listeners: HashMap<u16, JoinHandle<()>>,
+    grace: Duration,
+    down_since: Option<Instant>,
+    fenced: bool,
+    status: ActorStatus,
+}
+
+impl RouterTableActor {
+    pub fn new(
+        etcd: Client,
+        table: Table,
+        stats: Arc<Stats>,
+        listen_host: String,
+        data_path: tokio::runtime::Handle,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            etcd,
+            table,
+            stats,
+            listen_host,
+            data_path,
+            routing: RoutingTable::default(),
+            listeners: HashMap::new(),
+            grace,
+            down_since: None,
+            fenced: false,
+            status: ActorStatus::new("router_table", "routes"),
+        }
+    }
+
+    /// Makes the shared table and the listeners match the routes.
+    fn sync(&mut self) {
+        let mut routes = self.routing.routes();
+        if self.fenced {
+            routes.values_mut().for_each(|r| r.primary = None);
+        }
+        let gone: Vec<u16> = self.table.iter().map(|e| *e.key()).filter(|p| !routes.contains_key(p)).collect();
+        for port in gone {
+            // Dropping the state drops its sender: open connections see it and close.
+            self.table.remove(&port);
+            if let Some(h) = self.listeners.remove(&port) {
+                h.abort();
+            }
+            tracing::info!(port, "router port released");
+        }
+        for (port, Route { instance, primary }) in routes {
+            match self.table.get(&port) {
+                Some(state) => {
+                    let changed = state.primary.send_if_modified(|cur| {
+                        let changed = *cur != primary;
+                        *cur = primary.clone();
+                        changed
+                    });
+                    if changed {
+                        self.stats.switches.fetch_add(1, Relaxed);
+                        tracing::info!(port, %instance, primary = ?primary, "route changed");
+                    }
+                }
+                None => {
+                    tracing::info!(port, %instance, primary = ?primary, "router port added");
+                    let (tx, _) = tokio::sync::watch::channel(primary);
+                    self.table.insert(port, Arc::new(PortState { instance, primary: tx }));
+                    self.listeners.insert(port, self.spawn_listener(port));
+                }
+            }
+        }
+        self.status.event(format!("ports={} fenced={}", self.table.len(), self.fenced));
+    }
+
+    fn spawn_listener(&self, port: u16) -> JoinHandle<()> {
+        let (host, table, stats) = (self.listen_host.clone(), Arc::clone(&self.table), Arc::clone(&self.stats));
+        self.data_path.spawn(async move {
+            loop {
+                match tokio::net::TcpListener::bind((host.as_str(), port)).await {
+                    Ok(l) => return proxy::serve_port(l, port, table, stats).await,
+                    Err(e) => {
+                        tracing::error!(port, error = %e, "cannot listen on router port; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            }
+        })
+    }
+
+    fn check_grace(&mut self) {
+        if let Some(since) = self.down_since
+            && !self.fenced
+            && since.elapsed() >= self.grace
+        {
+            tracing::error!(grace = ?self.grace, "etcd unreachable past the grace period: refusing new connections until it returns");
+            self.fenced = true;
+            self.sync();
+        }
+    }
+}
+
+impl Actor for RouterTableActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let instances = watch_prefix(self.etcd.clone(), keys::instances()).map(|e| (Source::Instances, e));
+        let patroni = watch_prefix(self.etcd.clone(), keys::PATRONI_NAMESPACE.into()).map(|e| (Source::Patroni, e));
+        ctx.add_stream(futures::stream::select(instances, patroni));
+        ctx.run_interval(Duration::from_millis(250), |act, _| act.check_grace());
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for (_, h) in self.listeners.drain() {
+            h.abort();
+        }
+    }
+}
+
+impl StreamHandler<(Source, WatchEvent)> for RouterTableActor {
+    fn handle(&mut self, (source, ev): (Source, WatchEvent), _: &mut Context<Self>) {
+        match &ev {
+            WatchEvent::Interrupted { error } => {
+                self.down_since.get_or_insert_with(Instant::now);
+                self.status.error(&anyhow::anyhow!(error.clone()));
+                return;
+            }
+            WatchEvent::Live => {
+                self.down_since = None;
+                if self.fenced {
+                    tracing::info!("etcd reachable again: routing resumes");
+                    self.fenced = false;
+                    self.sync();
+                }
+                return;
+            }
+            _ => {}
+        }
+        match source {
+            Source::Instances => self.routing.apply_instances(&ev),
+            Source::Patroni => self.routing.apply_patroni(&ev),
+        }
+        self.sync();
+    }
+}
+
+impl Handler<GetState> for RouterTableActor {
+    type Result = MessageResult<GetState>;
+
+    fn handle(&mut self, _: GetState, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status.clone())
+    }
+}

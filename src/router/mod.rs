@@ -1,0 +1,6 @@
+//! The routing mesh: every instance's router port forwards to its current
+//! primary. [`table`] decides the routes from etcd; [`proxy`] moves the bytes.
+
+pub mod daemon;
+pub mod proxy;
+pub mod table;

@@ -1,0 +1,122 @@
+//! The data path: plain tokio. Each router port accepts, looks its route up in
+//! the shared table, connects to the primary and copies bytes both ways until
+//! either side closes or the primary changes (then the connection is cut, so
+//! no client keeps talking to a demoted primary).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// One router port: its instance and where it forwards now.
+pub struct PortState {
+    pub instance: String,
+    pub primary: watch::Sender<Option<String>>,
+}
+
+/// Router port → its state; read by every accepted connection, written by the table actor.
+pub type Table = Arc<DashMap<u16, Arc<PortState>>>;
+
+/// Counters for `/metrics`.
+#[derive(Default, Debug, Serialize)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    pub active: AtomicU64,
+    pub cut_on_switch: AtomicU64,
+    pub bytes_to_primary: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    pub switches: AtomicU64,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Per direction: enough for PostgreSQL's 8 KiB messages without holding much per idle connection.
+const BUF: usize = 8 * 1024;
+
+/// Low latency (no Nagle), and dead peers noticed in tens of seconds, not hours.
+pub fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let sock = socket2::SockRef::from(stream);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&ka);
+    #[cfg(target_os = "linux")]
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(60)));
+}
+
+/// Accepts on one router port until the task is aborted.
+pub async fn serve_port(listener: TcpListener, port: u16, table: Table, stats: Arc<Stats>) {
+    loop {
+        let (client, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(port, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = table.get(&port).map(|s| Arc::clone(s.value()));
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            match state {
+                Some(state) => forward(client, state, stats).await,
+                None => {
+                    stats.refused.fetch_add(1, Relaxed);
+                }
+            }
+        });
+    }
+}
+
+async fn forward(mut client: TcpStream, state: Arc<PortState>, stats: Arc<Stats>) {
+    let mut rx = state.primary.subscribe();
+    let Some(target) = rx.borrow_and_update().clone() else {
+        // No running primary: refuse at once rather than leave the client hanging.
+        stats.refused.fetch_add(1, Relaxed);
+        return;
+    };
+    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(instance = %state.instance, %target, error = %e, "primary refused");
+            stats.refused.fetch_add(1, Relaxed);
+            return;
+        }
+        Err(_) => {
+            stats.refused.fetch_add(1, Relaxed);
+            return;
+        }
+    };
+    tune(&client);
+    tune(&upstream);
+    stats.accepted.fetch_add(1, Relaxed);
+    stats.active.fetch_add(1, Relaxed);
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF);
+    let switched = async {
+        loop {
+            if rx.changed().await.is_err() || rx.borrow_and_update().as_deref() != Some(target.as_str()) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        res = copy => {
+            if let Ok((up, down)) = res {
+                stats.bytes_to_primary.fetch_add(up, Relaxed);
+                stats.bytes_to_client.fetch_add(down, Relaxed);
+            }
+        }
+        () = switched => {
+            stats.cut_on_switch.fetch_add(1, Relaxed);
+            tracing::debug!(instance = %state.instance, %target, "primary changed; connection cut");
+        }
+    }
+    stats.active.fetch_sub(1, Relaxed);
+}
