@@ -161,7 +161,46 @@ pub struct Deployment {
     pub id: String,
     pub etcd: Etcd,
     pub cells: Vec<Cell>,
+    pub routers: Vec<Router>,
+    pub router_ports: (u16, u16),
     pub tmp: tempfile::TempDir,
+}
+
+pub const ROUTER_PASSWORD: &str = "router-test-password";
+
+/// A `pgcell router` process.
+pub struct Router {
+    pub name: String,
+    /// The address its router ports listen on.
+    pub host: String,
+    pub http: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Router {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn routes(&self) -> serde_json::Value {
+        http::call("GET", &self.url("/debug/routes"), Some(("admin", ROUTER_PASSWORD)), None).await.body
+    }
 }
 
 impl Deployment {
@@ -169,7 +208,8 @@ impl Deployment {
         let id = format!("t{}-{}", std::process::id(), free_port());
         let tmp = tempfile::tempdir().unwrap();
         let etcd = Etcd::start();
-        let mut d = Self { id, etcd, cells: vec![], tmp };
+        let router_ports = port_block();
+        let mut d = Self { id, etcd, cells: vec![], routers: vec![], router_ports, tmp };
         for i in 0..cells {
             d.add_cell(&format!("{}-c{i}", d.id)).await;
         }
@@ -188,6 +228,7 @@ impl Deployment {
             ("PGCELL_DATA_ROOT", data_root.display().to_string()),
             ("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoint.clone()),
             ("PGCELL_MEMORY_MB", "512".to_string()),
+            ("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1)),
             ("PGCELL_LOG", "info,pgcell=debug".to_string()),
         ]
         .into_iter()
@@ -213,6 +254,58 @@ impl Deployment {
         self.cells.len() - 1
     }
 
+    /// Starts a router; router i listens on 127.0.0.(i+1), so several share the ports.
+    pub async fn start_router(&mut self, name: &str, grace_ms: u64) -> usize {
+        let http_port = free_port();
+        let listen_host = format!("127.0.0.{}", self.routers.len() + 1);
+        let log = self.tmp.path().join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(pgcell_bin())
+            .arg("router")
+            .env("PGCELL_ROUTER_NAME", name)
+            .env("PGCELL_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+            .env("PGCELL_PASSWORD", ROUTER_PASSWORD)
+            .env("PGCELL_GRACE_MS", grace_ms.to_string())
+            .env("PGCELL_LISTEN_HOST", &listen_host)
+            .env("PGCELL_ADVERTISE_HOST", &listen_host)
+            .env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint)
+            .env("PGCELL_LOG", "info,pgcell=debug")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        let router = Router {
+            name: name.into(),
+            http: format!("http://127.0.0.1:{http_port}"),
+            host: listen_host,
+            child: Some(child),
+            log,
+        };
+        let health = router.url("/healthz");
+        wait_for("router health", Duration::from_secs(15), || {
+            let h = health.clone();
+            async move { reqwest::get(&h).await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+        self.routers.push(router);
+        self.routers.len() - 1
+    }
+
+    /// The router port of an instance, from etcd.
+    pub async fn router_port(&self, id: &str) -> u16 {
+        let mut c = self.etcd.client().await;
+        let resp = c.get(format!("/pgcell/instances/{id}/router_port"), None).await.unwrap();
+        resp.kvs()[0].value_str().unwrap().parse().unwrap()
+    }
+
+    /// The instance's secrets, as JSON.
+    pub async fn secrets(&self, id: &str) -> serde_json::Value {
+        let mut c = self.etcd.client().await;
+        let resp = c.get(format!("/pgcell/instances/{id}/secrets"), None).await.unwrap();
+        serde_json::from_slice(resp.kvs()[0].value()).unwrap()
+    }
+
     /// `pgcell <args>` against this deployment's etcd.
     pub fn pgcell(&self, args: &[&str]) -> String {
         let out =
@@ -235,7 +328,9 @@ impl Deployment {
     }
 
     pub fn logs(&self) -> String {
-        self.cells.iter().map(|c| format!("--- {} ---\n{}", c.name, c.log())).collect()
+        let cells = self.cells.iter().map(|c| format!("--- {} ---\n{}", c.name, c.log()));
+        let routers = self.routers.iter().map(|r| format!("--- {} ---\n{}", r.name, r.log()));
+        cells.chain(routers).collect()
     }
 }
 
@@ -243,6 +338,9 @@ impl Drop for Deployment {
     fn drop(&mut self) {
         for c in &mut self.cells {
             c.kill_agent();
+        }
+        for r in &mut self.routers {
+            r.kill();
         }
         let ids = docker_ids(&format!("label=org.pgcell.deployment={}", self.id));
         if !ids.is_empty() {
@@ -285,4 +383,45 @@ pub fn psql(url: &str, sql: &str) -> Result<String, String> {
 
 pub fn dir_is_empty_or_missing(p: &Path) -> bool {
     std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+pub fn seed_body() -> String {
+    format!(
+        r#"{{"service_id":"{SEED_SERVICE}","plan_id":"{SEED_PLAN}","organization_guid":"org","space_guid":"space"}}"#
+    )
+}
+
+/// The seed's walkthrough: PUT instance `id` on each cell in turn; returns once
+/// the first cell's member leads and every other member streams.
+pub async fn seed_cluster(d: &Deployment, id: &str, cells: &[usize]) {
+    for (i, &c) in cells.iter().enumerate() {
+        let cell = &d.cells[c];
+        let r =
+            http::call("PUT", &cell.url(&format!("/v2/service_instances/{id}")), http::SEED_AUTH, Some(&seed_body()))
+                .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        if i == 0 {
+            let url = d.superuser_url(id, cell.ports.0).await;
+            wait_for("the first member accepting writes", Duration::from_secs(60), || {
+                let url = url.clone();
+                async move {
+                    psql(&url, "select 1")
+                        .ok()
+                        .filter(|_| psql(&url, "select pg_is_in_recovery()").ok() == Some("f".into()))
+                }
+            })
+            .await;
+        }
+    }
+    let leader = d.superuser_url(id, d.cells[cells[0]].ports.0).await;
+    let want = cells.len() - 1;
+    wait_for("every replica streaming", Duration::from_secs(120), || {
+        let url = leader.clone();
+        async move {
+            let n: usize =
+                psql(&url, "select count(*) from pg_stat_replication where state = 'streaming'").ok()?.parse().ok()?;
+            (n == want).then_some(())
+        }
+    })
+    .await;
 }
