@@ -34,6 +34,13 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Switch every leader on a cell over to a healthy replica elsewhere (before a planned stop)
+    Drain {
+        /// The cell's name
+        cell: String,
+    },
+    /// List the cells with their state, members and leaders
+    Cells,
     /// Print each cluster's leader: `cf-1 postgres:// <host> <port> postgres`
     Leaders,
     /// Print each cluster's members: `cf-1 master/running/<host> replica/running/<host> `
@@ -71,21 +78,39 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             actix::System::new().block_on(crate::router::daemon::run(cfg))
         }
-        Command::Leaders | Command::States => {
+        tool => {
             let endpoints = etcd_endpoints(cli.etcd.as_deref(), vec!["127.0.0.1:2379".into()]);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let lines = rt.block_on(async {
-                let mut client = crate::etcd::connect(&endpoints).await?;
-                let clusters = crate::ops::read_clusters(&mut client).await?;
-                anyhow::Ok(match cli.command {
-                    Command::Leaders => crate::ops::leaders(&clusters),
-                    _ => crate::ops::states(&clusters),
-                })
-            })?;
-            for line in lines {
-                println!("{line}");
-            }
-            Ok(())
+            rt.block_on(run_tool(tool, &endpoints))
         }
     }
+}
+
+async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
+    let mut client = crate::etcd::connect(endpoints).await?;
+    let lines = match tool {
+        Command::Leaders => crate::ops::leaders(&crate::ops::read_clusters(&mut client).await?),
+        Command::States => crate::ops::states(&crate::ops::read_clusters(&mut client).await?),
+        Command::Cells => crate::ops::cells_table(&crate::ops::read_cells(&mut client).await?),
+        Command::Drain { cell } => {
+            anyhow::ensure!(crate::names::is_safe(&cell), "{cell:?} is not a cell name (see `pgcell cells`)");
+            let outcomes = crate::cell::drain::drain(&mut client, &cell).await?;
+            let left = outcomes
+                .iter()
+                .filter(|(_, o)| {
+                    !matches!(o, crate::cell::drain::Outcome::SwitchedTo(_) | crate::cell::drain::Outcome::NotLeader)
+                })
+                .count();
+            for (scope, outcome) in &outcomes {
+                println!("{scope}: {outcome}");
+            }
+            anyhow::ensure!(left == 0, "{left} cluster(s) still lead on {cell}: see above");
+            return Ok(());
+        }
+        Command::Cell { .. } | Command::Router { .. } => unreachable!("daemons are not tools"),
+    };
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
 }

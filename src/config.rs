@@ -53,6 +53,8 @@ pub struct CellConfig {
     pub memory_mb: u64,
     /// Fleet-wide range the routers' per-instance ports are allocated from.
     pub router_port_range: String,
+    /// On SIGTERM, switch this cell's leaders away before stopping its containers.
+    pub drain_on_stop: bool,
     pub etcd_endpoints: Vec<String>,
     pub patroni: PatroniTiming,
 }
@@ -74,6 +76,7 @@ impl Default for CellConfig {
             image: "pgcell/postgres:latest".into(),
             memory_mb: 1024,
             router_port_range: "40000-40999".into(),
+            drain_on_stop: true,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             patroni: PatroniTiming::default(),
         }
@@ -96,6 +99,7 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_IMAGE", "image"),
     ("PGCELL_MEMORY_MB", "memory_mb"),
     ("PGCELL_ROUTER_PORT_RANGE", "router_port_range"),
+    ("PGCELL_DRAIN_ON_STOP", "drain_on_stop"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -227,6 +231,8 @@ pub fn load_layered<T: serde::de::DeserializeOwned>(
         if let Some(v) = env(var) {
             let value = if *var == ETCD_ENV {
                 toml::Value::Array(split_endpoints(&v).into_iter().map(toml::Value::String).collect())
+            } else if let Ok(b) = v.parse::<bool>() {
+                toml::Value::Boolean(b)
             } else if let Ok(n) = v.parse::<i64>() {
                 toml::Value::Integer(n)
             } else {

@@ -48,6 +48,50 @@ pub fn states(clusters: &BTreeMap<String, ClusterView>) -> Vec<String> {
         .collect()
 }
 
+/// One row of `pgcell cells`.
+#[derive(Debug, PartialEq)]
+pub struct CellRow {
+    pub name: String,
+    /// `up` while the cell's lease lives, `lost` when it has placements but no lease.
+    pub state: &'static str,
+    pub zone: String,
+    pub members: usize,
+    pub leaders: Vec<String>,
+}
+
+pub async fn read_cells(client: &mut Client) -> anyhow::Result<Vec<CellRow>> {
+    let records: Vec<store::CellRecord> = store::list_json(client, &keys::cells()).await?;
+    let placements: Vec<store::Placement> = store::list_json(client, &keys::placements()).await?;
+    let clusters = read_clusters(client).await?;
+    let mut rows: BTreeMap<String, CellRow> = records
+        .into_iter()
+        .map(|r| (r.name.clone(), CellRow { name: r.name, state: "up", zone: r.zone, members: 0, leaders: vec![] }))
+        .collect();
+    for p in placements {
+        let row = rows.entry(p.cell.clone()).or_insert_with(|| CellRow {
+            name: p.cell.clone(),
+            state: "lost",
+            zone: String::new(),
+            members: 0,
+            leaders: vec![],
+        });
+        row.members += 1;
+        if clusters.get(&p.scope).and_then(|v| v.leader.as_deref()) == Some(p.member.as_str()) {
+            row.leaders.push(p.scope.clone());
+        }
+    }
+    Ok(rows.into_values().collect())
+}
+
+pub fn cells_table(rows: &[CellRow]) -> Vec<String> {
+    let mut out = vec![format!("{:<24} {:<6} {:<10} {:>7}  LEADERS", "CELL", "STATE", "ZONE", "MEMBERS")];
+    for r in rows {
+        let zone = if r.zone.is_empty() { "-" } else { &r.zone };
+        out.push(format!("{:<24} {:<6} {:<10} {:>7}  {}", r.name, r.state, zone, r.members, r.leaders.join(" ")));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +106,18 @@ mod tests {
         ]);
         v.insert("cf-2".into(), ClusterView::new("cf-2"));
         v
+    }
+
+    #[test]
+    fn cells_table_reads() {
+        let rows = [
+            CellRow { name: "a".into(), state: "up", zone: "z1".into(), members: 2, leaders: vec!["cf-1".into()] },
+            CellRow { name: "b".into(), state: "lost", zone: String::new(), members: 1, leaders: vec![] },
+        ];
+        let t = cells_table(&rows);
+        assert!(t[0].starts_with("CELL"));
+        assert!(t[1].contains("up") && t[1].contains("z1") && t[1].ends_with("cf-1"));
+        assert!(t[2].contains("lost") && t[2].contains(" - "));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use bollard::models::EventMessage;
 
 use super::cluster::{ClusterActor, StopFollowing};
-use super::container::{ContainerActor, ContainerDied, ContainerStarted, EnsureRunning, Retire};
+use super::container::{ContainerActor, ContainerDied, ContainerStarted, EnsureRunning, Retire, StopForShutdown};
 use super::{ActorStatus, GetState};
 use crate::backoff::Backoff;
 use crate::cell::member::CellDeps;
@@ -239,6 +239,27 @@ impl Handler<RetireMember> for CellActor {
                 res
             }),
         )
+    }
+}
+
+/// The agent is stopping: stop every member container (kept, with its data, for the restart).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for CellActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        let members: Vec<_> = self.members.iter().map(|(m, a)| (m.clone(), a.clone())).collect();
+        Box::pin(async move {
+            let stops = members.into_iter().map(|(m, a)| async move {
+                if let Ok(Err(e)) | Err(e) = a.send(StopForShutdown).await.map_err(|e| e.to_string()) {
+                    tracing::error!(member = %m, error = %e, "cannot stop member container");
+                }
+            });
+            futures::future::join_all(stops).await;
+        })
     }
 }
 

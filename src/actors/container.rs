@@ -77,13 +77,24 @@ impl Handler<ContainerDied> for ContainerActor {
         }
         self.status.event("exited");
         self.status.restarts += 1;
-        let delay = self.backoff.next_delay();
-        tracing::warn!(member = %self.placement.member, ?delay, "member container died; starting it again");
-        ctx.run_later(delay, |act, ctx| {
-            if !act.retiring {
-                ctx.wait(act.ensure().map(|_, _, _| ()));
+        // First end the dead leader's lock (if it was the leader), so a replica
+        // is promoted in seconds; then start the container again after a backoff.
+        let (deps, p) = (self.deps.clone(), self.placement.clone());
+        let end_lock = async move { deps.end_lock_if_dead(&p).await }.into_actor(self).map(|res, act, ctx| {
+            match res {
+                Ok(true) => tracing::warn!(member = %act.placement.member, "leader container died: its lock is ended"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(member = %act.placement.member, error = %format!("{e:#}"), "cannot end the dead leader's lock"),
             }
+            let delay = act.backoff.next_delay();
+            tracing::warn!(member = %act.placement.member, ?delay, "member container died; starting it again");
+            ctx.run_later(delay, |act, ctx| {
+                if !act.retiring {
+                    ctx.wait(act.ensure().map(|_, _, _| ()));
+                }
+            });
         });
+        ctx.wait(end_lock);
     }
 }
 
@@ -121,6 +132,26 @@ impl Handler<Retire> for ContainerActor {
                 })
             },
         )))
+    }
+}
+
+/// The cell is shutting down: stop the container (no restart), keep it and its data.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct StopForShutdown;
+
+impl Handler<StopForShutdown> for ContainerActor {
+    type Result = AtomicResponse<Self, Result<(), String>>;
+
+    fn handle(&mut self, _: StopForShutdown, _: &mut Context<Self>) -> Self::Result {
+        self.retiring = true;
+        self.status.event("stopping");
+        let (deps, member) = (self.deps.clone(), self.placement.member.clone());
+        AtomicResponse::new(Box::pin(
+            async move { deps.stop_container(&member).await }
+                .into_actor(self)
+                .map(|res, _, _| res.map_err(|e| format!("{e:#}"))),
+        ))
     }
 }
 

@@ -6,7 +6,7 @@ use actix::Actor;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
-use crate::actors::cell::CellActor;
+use crate::actors::cell::{CellActor, Shutdown};
 use crate::cell::member::CellDeps;
 use crate::config::CellConfig;
 use crate::etcd::{registration, store::CellRecord};
@@ -40,9 +40,9 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
     actix::spawn(registration::run(etcd, crate::etcd::keys::cell(&record.name), serde_json::to_vec(&record)?));
     tracing::info!(cell = %deps.cfg.name, api = %addr, "cell agent running");
 
-    let api = web::Data::new(CellApi { cell, deps });
+    let api = web::Data::new(CellApi { cell: cell.clone(), deps: deps.clone() });
     let creds = web::Data::new(creds);
-    HttpServer::new(move || {
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(api.clone())
             .app_data(creds.clone())
@@ -51,8 +51,43 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
             .default_service(web::to(http::not_found))
     })
     .workers(2)
+    .disable_signals()
     .listen(listener)?
-    .run()
-    .await
-    .context("cell API server")
+    .run();
+    let handle = server.handle();
+    actix::spawn(async move {
+        let signal = stop_signal().await;
+        tracing::info!(signal, "stopping the cell agent");
+        planned_stop(&deps, &cell).await;
+        handle.stop(true).await;
+    });
+    server.await.context("cell API server")
+}
+
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; the agent stops only when killed");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// A planned stop: leaders switched away first (unless configured not to), then
+/// the containers stopped. They start again with the agent.
+async fn planned_stop(deps: &CellDeps, cell: &actix::Addr<CellActor>) {
+    if deps.cfg.drain_on_stop {
+        match crate::cell::drain::drain(&mut deps.etcd.clone(), &deps.cfg.name).await {
+            Ok(outcomes) => {
+                for (scope, outcome) in outcomes {
+                    tracing::info!(%scope, %outcome, "drained");
+                }
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "drain failed; stopping anyway"),
+        }
+    }
+    let _ = cell.send(Shutdown).await;
 }

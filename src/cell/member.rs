@@ -97,6 +97,22 @@ impl CellDeps {
         docker::remove(&self.docker, &name).await
     }
 
+    /// After the member's container died: if Docker confirms nothing of it
+    /// runs, ends its leader lock so a replica takes over now instead of after
+    /// the ttl. Never for a container that might still run (paused, restarting).
+    pub async fn end_lock_if_dead(&self, p: &store::Placement) -> anyhow::Result<bool> {
+        let name = crate::names::container(&p.member);
+        if !docker::is_dead(&self.docker, &name).await? {
+            return Ok(false);
+        }
+        store::end_leader_lock(&mut self.etcd.clone(), &p.scope, &p.member).await
+    }
+
+    /// Stops the member's container (gracefully: Patroni hands over or shuts down cleanly).
+    pub async fn stop_container(&self, member: &str) -> anyhow::Result<()> {
+        docker::stop(&self.docker, &crate::names::container(member), 30).await
+    }
+
     /// Deletes the member's data: only after its container is gone, and only
     /// below the configured data root.
     pub fn purge_data(&self, member: &str) -> anyhow::Result<()> {

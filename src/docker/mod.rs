@@ -140,3 +140,20 @@ pub fn event_member(ev: &EventMessage) -> Option<(String, String)> {
     let member = actor.attributes.as_ref()?.get(LABEL_MEMBER)?.clone();
     Some((member, ev.action.clone()?))
 }
+
+/// Whether nothing of the container runs any more: not running, not paused,
+/// no process. When a container's first process exits the kernel kills every
+/// process of its PID namespace, so PostgreSQL in it is dead too.
+pub async fn is_dead(docker: &Docker, name: &str) -> anyhow::Result<bool> {
+    match docker.inspect_container(name, None).await {
+        Ok(c) => {
+            let s = c.state.unwrap_or_default();
+            Ok(s.running != Some(true)
+                && s.paused != Some(true)
+                && s.restarting != Some(true)
+                && s.pid.unwrap_or(0) == 0)
+        }
+        Err(e) if is_not_found(&e) => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("docker inspect {name}")),
+    }
+}

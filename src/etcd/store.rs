@@ -200,6 +200,16 @@ pub async fn remove_placement(client: &mut Client, p: &Placement, mod_rev: i64) 
     Ok(client.txn(txn).await.context("etcd txn (remove placement)")?.succeeded())
 }
 
+/// Ends a dead leader's lock: deletes `/service/<scope>/leader` only if it still
+/// names `member`, so a leader elected meanwhile is never touched.
+pub async fn end_leader_lock(client: &mut Client, scope: &str, member: &str) -> anyhow::Result<bool> {
+    let key = format!("{}leader", keys::patroni_scope(scope));
+    let txn = Txn::new()
+        .when([Compare::value(key.as_str(), CompareOp::Equal, member)])
+        .and_then([TxnOp::delete(key.as_str(), None)]);
+    Ok(client.txn(txn).await.context("etcd txn (end leader lock)")?.succeeded())
+}
+
 /// Cells holding a placement of the instance.
 pub async fn instance_cells(client: &mut Client, instance: &str) -> anyhow::Result<Vec<String>> {
     let resp = client

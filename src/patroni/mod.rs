@@ -5,3 +5,4 @@ pub mod config;
 pub mod view;
 
 pub use view::{ClusterView, MemberStatus};
+pub mod rest;

@@ -1,0 +1,97 @@
+//! Draining a cell: every leader on it is switched over to a healthy replica on
+//! another cell, so a planned stop pauses writes only for the switchover.
+
+use std::time::Duration;
+
+use crate::etcd::{Client, keys, store};
+use crate::patroni::rest;
+use crate::patroni::view::{ClusterView, is_primary_role};
+
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    SwitchedTo(String),
+    NotLeader,
+    /// Left running here: no replica elsewhere could take over.
+    NoHealthyReplica,
+    Failed(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::SwitchedTo(m) => write!(f, "switched over to {m}"),
+            Outcome::NotLeader => write!(f, "not the leader here; nothing to do"),
+            Outcome::NoHealthyReplica => write!(f, "LEFT RUNNING: no healthy replica on another cell"),
+            Outcome::Failed(e) => write!(f, "FAILED: {e}"),
+        }
+    }
+}
+
+/// Whether a replica other than `leader` can take over.
+pub fn has_healthy_replica(view: &ClusterView, leader: &str) -> bool {
+    view.members.values().any(|m| m.name != leader && m.state == "running" && !is_primary_role(&m.role))
+}
+
+pub async fn read_view(client: &mut Client, scope: &str) -> anyhow::Result<ClusterView> {
+    let prefix = keys::patroni_scope(scope);
+    let (kvs, _) = store::get_prefix(client, &prefix).await?;
+    let mut view = ClusterView::new(scope);
+    for (k, v) in &kvs {
+        view.apply(&k[prefix.len()..], Some(v));
+    }
+    Ok(view)
+}
+
+/// Switches every leader on `cell` away; one outcome per cluster with a member here.
+pub async fn drain(client: &mut Client, cell: &str) -> anyhow::Result<Vec<(String, Outcome)>> {
+    let placements: Vec<store::Placement> = store::list_json(client, &keys::cell_placements(cell)).await?;
+    let mut out = vec![];
+    for p in placements {
+        let outcome = drain_one(client, &p).await.unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
+        tracing::info!(scope = %p.scope, %outcome, "drain");
+        out.push((p.scope, outcome));
+    }
+    Ok(out)
+}
+
+async fn drain_one(client: &mut Client, p: &store::Placement) -> anyhow::Result<Outcome> {
+    let view = read_view(client, &p.scope).await?;
+    if view.leader.as_deref() != Some(&p.member) {
+        return Ok(Outcome::NotLeader);
+    }
+    if !has_healthy_replica(&view, &p.member) {
+        return Ok(Outcome::NoHealthyReplica);
+    }
+    let Some(me) = view.members.get(&p.member) else { anyhow::bail!("leader has no member key") };
+    let secrets = store::ensure_secrets(client, &p.instance_id).await?;
+    rest::switchover(&me.api_url, &secrets.admin, &p.member, Duration::from_secs(15)).await?;
+    for _ in 0..120 {
+        let view = read_view(client, &p.scope).await?;
+        if let Some(m) = view.primary().filter(|m| m.name != p.member) {
+            return Ok(Outcome::SwitchedTo(m.name.clone()));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::bail!("no new primary 30 s after the switchover")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::patroni::view::views_from_kvs;
+
+    #[test]
+    fn healthy_replica_means_running_non_primary_elsewhere() {
+        let m =
+            |role: &str, state: &str| format!(r#"{{"conn_url":"postgres://h:1/p","state":"{state}","role":"{role}"}}"#);
+        let (a, b, c) = (m("master", "running"), m("replica", "running"), m("replica", "starting"));
+        let v = views_from_kvs([
+            ("/service/cf-1/leader", b"a".as_slice()),
+            ("/service/cf-1/members/a", a.as_bytes()),
+            ("/service/cf-1/members/c", c.as_bytes()),
+        ]);
+        assert!(!has_healthy_replica(&v["cf-1"], "a"));
+        let v = views_from_kvs([("/service/cf-1/members/a", a.as_bytes()), ("/service/cf-1/members/b", b.as_bytes())]);
+        assert!(has_healthy_replica(&v["cf-1"], "a"));
+    }
+}
