@@ -14,7 +14,7 @@ step() { echo "pgcell image: $*" >&2; }
 command -v docker >/dev/null || die "docker is not installed (run scripts/setup.sh)"
 docker info >/dev/null 2>&1 || die "the Docker Engine is not reachable (is dockerd running? is /var/run/docker.sock readable?)"
 
-version="$(cat "$here/build.sh" "$here/entrypoint.sh" | sha256sum | cut -c1-12)"
+version="$(cat "$here/build.sh" "$here/entrypoint.sh" "$here/patch-patroni.py" | sha256sum | cut -c1-12)"
 tag="pgcell/postgres:15-${version}"
 if docker image inspect "$tag" >/dev/null 2>&1; then
   step "image $tag is current; skipping build"
@@ -54,6 +54,7 @@ step "trimming the rootfs (default cluster, apt caches, docs)"
 chroot "$root" pg_dropcluster --stop 15 main >/dev/null 2>&1 || true
 rm -rf "$root/etc/postgresql/15/main" "$root/var/lib/postgresql/15/main"
 rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/*
+python3 "$here/patch-patroni.py" "$root" || die "cannot patch Patroni (see above)"
 install -m 0755 "$here/entrypoint.sh" "$root/usr/local/bin/pgcell-entrypoint"
 mkdir -p "$root/var/lib/pgcell"
 

@@ -146,6 +146,35 @@ impl Cell {
         }
     }
 
+    /// Loses the whole cell at once: the agent and every container, SIGKILL.
+    pub fn kill_cell(&mut self) {
+        self.kill_agent();
+        let ids = docker_ids(&format!("label=org.pgcell.cell={}", self.name));
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(["kill"]).args(&ids).output();
+        }
+    }
+
+    /// SIGTERM to the agent (a planned stop); waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("agent running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "agent did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the agent again (after a kill or a stop).
+    pub fn start_agent(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        self.spawn();
+    }
+
     pub fn restart_agent(&mut self) {
         self.kill_agent();
         self.spawn();
@@ -299,6 +328,18 @@ impl Deployment {
         resp.kvs()[0].value_str().unwrap().parse().unwrap()
     }
 
+    /// The member Patroni names leader of instance `id`.
+    pub async fn leader(&self, id: &str) -> Option<String> {
+        let mut c = self.etcd.client().await;
+        let resp = c.get(format!("/service/cf-{id}/leader"), None).await.ok()?;
+        resp.kvs().first().map(|kv| kv.value_str().unwrap().to_string())
+    }
+
+    /// The cell index holding member `member` of instance `id`.
+    pub fn cell_of(&self, id: &str, member: &str) -> usize {
+        self.cells.iter().position(|c| format!("cf-{id}-{}", c.name) == member).expect("member of a cell")
+    }
+
     /// The instance's secrets, as JSON.
     pub async fn secrets(&self, id: &str) -> serde_json::Value {
         let mut c = self.etcd.client().await;
@@ -424,4 +465,14 @@ pub async fn seed_cluster(d: &Deployment, id: &str, cells: &[usize]) {
         }
     })
     .await;
+    if want > 0 {
+        // Synchronous mode: only the standby Patroni names in `/sync` may be promoted.
+        wait_for("a synchronous standby", Duration::from_secs(30), || async {
+            let mut c = d.etcd.client().await;
+            let resp = c.get(format!("/service/cf-{id}/sync"), None).await.ok()?;
+            let v: serde_json::Value = serde_json::from_slice(resp.kvs().first()?.value()).ok()?;
+            v["sync_standby"].as_str().map(|_| ())
+        })
+        .await;
+    }
 }

@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Router throughput benchmark: pgbench select-only (-S) against the same primary
+# three ways in one run: direct to its port, through pgcell's router port, and
+# through Debian's haproxy (TCP mode). Prints a table with ratios against direct
+# and pass/fail against the targets: router >= 0.90x direct TPS at 1 and 32
+# clients, router >= haproxy TPS.
+#
+# Starts its own etcd, one cell agent, one router and haproxy (release binary,
+# loopback only) and removes all of it on exit, even on failure.
+#
+#   bench/router-pgbench.sh                 # 15 s per pgbench run
+#   BENCH_SECONDS=30 bench/router-pgbench.sh
+#
+# Env: BENCH_SECONDS (15), BENCH_SCALE (10), CARGO_TARGET_DIR (/var/tmp/pgcell-target),
+# PGCELL_BIN (skip the build and use this binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN="${BENCH_SECONDS:-15}"
+SCALE="${BENCH_SCALE:-10}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgcell-target}"
+
+log() { echo "router-pgbench: $*" >&2; }
+DIED=0
+die() { log "FAILED: $*"; DIED=1; exit 1; }
+
+for tool in etcd etcdctl psql pgbench haproxy docker curl ss; do
+  command -v "$tool" >/dev/null || die "$tool is not installed (scripts/setup.sh)"
+done
+
+if [ -z "${PGCELL_BIN:-}" ]; then
+  log "building the release binary (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+  cargo build --release --quiet >&2
+  PGCELL_BIN="$CARGO_TARGET_DIR/release/pgcell"
+fi
+[ -x "$PGCELL_BIN" ] || die "no binary at $PGCELL_BIN"
+
+DEPLOYMENT="bench$$-$RANDOM"
+TMP="$(mktemp -d /tmp/pgcell-bench.XXXXXX)"
+PIDS=()
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  log "cleaning up"
+  # The agent first, so it restarts nothing; then the rest by PID.
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  local ids
+  ids="$(docker ps -aq --filter "label=org.pgcell.deployment=$DEPLOYMENT" 2>/dev/null || true)"
+  if [ -n "$ids" ]; then
+    # shellcheck disable=SC2086
+    docker rm -f -v $ids >/dev/null 2>&1 || true
+  fi
+  if [ "$DIED" = 1 ] && [ -d "$TMP" ]; then
+    for f in "$TMP"/*.log; do
+      [ -f "$f" ] && { echo "--- $f (tail) ---" >&2; tail -n 30 "$f" >&2; }
+    done
+  fi
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A port nobody listens on or connects from (below the ephemeral range), and a
+# block of `n` such ports.
+used_ports() { ss -Htan | awk '{n=split($4,a,":"); print a[n]}' | sort -u; }
+free_block() {
+  local n="$1" used base p ok
+  used="$(used_ports)"
+  for _ in $(seq 1 200); do
+    base=$((20000 + RANDOM % 12000))
+    ok=1
+    for ((p = base; p < base + n; p++)); do
+      if grep -qx "$p" <<<"$used"; then ok=0; break; fi
+    done
+    [ "$ok" = 1 ] && { echo "$base"; return; }
+  done
+  die "no free block of $n ports"
+}
+free_port() { free_block 1; }
+
+wait_until() { # what timeout_s command...
+  local what="$1" timeout="$2"; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "timed out after ${timeout}s waiting for $what"
+    sleep 0.3
+  done
+}
+
+# etcd
+ETCD_PORT="$(free_port)"; ETCD_PEER="$(free_port)"
+ETCD="127.0.0.1:$ETCD_PORT"
+log "starting etcd on $ETCD"
+etcd --data-dir "$TMP/etcd" \
+  --listen-client-urls "http://$ETCD" --advertise-client-urls "http://$ETCD" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+  --initial-cluster "default=http://127.0.0.1:$ETCD_PEER" >"$TMP/etcd.log" 2>&1 &
+PIDS+=($!)
+etcdget() { ETCDCTL_API=3 etcdctl --endpoints "$ETCD" get --print-value-only "$1"; }
+wait_until "etcd" 15 env ETCDCTL_API=3 etcdctl --endpoints "$ETCD" endpoint health
+
+# Cell agent
+MEMBER_BASE="$(free_block 20)"
+ROUTER_BASE="$(free_block 20)"
+API_PORT="$(free_port)"
+log "starting cell agent (members $MEMBER_BASE-$((MEMBER_BASE + 19)), router ports $ROUTER_BASE-$((ROUTER_BASE + 19)))"
+PGCELL_CELL_NAME="${DEPLOYMENT}-c0" PGCELL_DEPLOYMENT="$DEPLOYMENT" \
+  PGCELL_API_LISTEN="127.0.0.1:$API_PORT" PGCELL_PORT_RANGE="$MEMBER_BASE-$((MEMBER_BASE + 19))" \
+  PGCELL_DATA_ROOT="$TMP/cell" PGCELL_ETCD_ENDPOINTS="$ETCD" \
+  PGCELL_ROUTER_PORT_RANGE="$ROUTER_BASE-$((ROUTER_BASE + 19))" PGCELL_LOG=info \
+  "$PGCELL_BIN" cell </dev/null >"$TMP/cell.log" 2>&1 &
+PIDS+=($!)
+wait_until "cell agent health" 20 curl -fsS "http://127.0.0.1:$API_PORT/healthz"
+
+# Router
+ROUTER_HTTP="$(free_port)"
+ROUTER_PASSWORD="bench-$RANDOM$RANDOM"
+log "starting router (http 127.0.0.1:$ROUTER_HTTP)"
+PGCELL_ROUTER_NAME="bench-router" PGCELL_HTTP_LISTEN="127.0.0.1:$ROUTER_HTTP" \
+  PGCELL_PASSWORD="$ROUTER_PASSWORD" PGCELL_LISTEN_HOST=127.0.0.1 PGCELL_ADVERTISE_HOST=127.0.0.1 \
+  PGCELL_ETCD_ENDPOINTS="$ETCD" PGCELL_LOG=info \
+  "$PGCELL_BIN" router </dev/null >"$TMP/router.log" 2>&1 &
+ROUTER_PID=$!
+PIDS+=("$ROUTER_PID")
+wait_until "router health" 20 curl -fsS "http://127.0.0.1:$ROUTER_HTTP/healthz"
+
+# One instance
+ID=1
+BODY='{"service_id":"0f5c1670-6dc3-11e5-bc08-6c4008a663f0","plan_id":"1545e30e-6dc3-11e5-826a-6c4008a663f0","organization_guid":"bench","space_guid":"bench"}'
+log "creating instance $ID"
+code="$(curl -sS -o "$TMP/put.out" -w '%{http_code}' -X PUT -u containers:containers \
+  "http://127.0.0.1:$API_PORT/v2/service_instances/$ID" -d "$BODY")"
+[ "$code" = 201 ] || die "PUT instance: HTTP $code: $(cat "$TMP/put.out")"
+
+ROUTER_PORT="$(etcdget "/pgcell/instances/$ID/router_port")"
+PASSWORD="$(etcdget "/pgcell/instances/$ID/secrets" | grep -o '"superuser":"[^"]*"' | cut -d'"' -f4)"
+[ -n "$ROUTER_PORT" ] && [ -n "$PASSWORD" ] || die "no router port or superuser secret in etcd"
+export PGPASSWORD="$PASSWORD" PGCONNECT_TIMEOUT=3 PGUSER=postgres PGDATABASE=postgres
+
+leader_port() {
+  local leader member
+  leader="$(etcdget "/service/cf-$ID/leader")"
+  [ -n "$leader" ] || return 1
+  member="$(etcdget "/service/cf-$ID/members/$leader")"
+  grep -q '"role":"\(master\|primary\)"' <<<"$member" && grep -q '"state":"running"' <<<"$member" || return 1
+  grep -o '"conn_url":"[^"]*"' <<<"$member" | sed -E 's#.*://[^/:]*:([0-9]+).*#\1#'
+}
+writable() { [ "$(psql -h 127.0.0.1 -p "$1" -X -tA -c 'select pg_is_in_recovery()')" = f ]; }
+log "waiting for a writable leader"
+wait_until "a leader in etcd" 120 leader_port
+PG_PORT="$(leader_port)"
+wait_until "the leader accepting writes on $PG_PORT" 120 writable "$PG_PORT"
+wait_until "the router reaching the leader on $ROUTER_PORT" 30 writable "$ROUTER_PORT"
+
+# haproxy in TCP mode to the same primary
+HAPROXY_PORT="$(free_port)"
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 1h
+    timeout server 1h
+listen pg
+    bind 127.0.0.1:$HAPROXY_PORT
+    server primary 127.0.0.1:$PG_PORT
+EOF
+log "starting haproxy on 127.0.0.1:$HAPROXY_PORT"
+haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
+PIDS+=($!)
+wait_until "haproxy" 10 writable "$HAPROXY_PORT"
+
+log "pgbench -i -s $SCALE"
+pgbench -h 127.0.0.1 -p "$PG_PORT" -i -s "$SCALE" -q >"$TMP/init.log" 2>&1 || die "pgbench -i: $(tail -5 "$TMP/init.log")"
+# Warm the cache so the first measured target is not penalised.
+pgbench -h 127.0.0.1 -p "$PG_PORT" -S -n -c 2 -j 2 -T 3 >/dev/null 2>&1 || true
+
+declare -A TPS LAT
+run() { # target port clients threads
+  local target="$1" port="$2" c="$3" j="$4" out
+  log "pgbench -S -c $c -j $j -T $SECONDS_PER_RUN via $target (port $port)"
+  out="$(pgbench -h 127.0.0.1 -p "$port" -S -n -c "$c" -j "$j" -T "$SECONDS_PER_RUN" 2>&1)" \
+    || die "pgbench via $target: $out"
+  TPS[$target,$c]="$(awk '/^tps = /{print $3; exit}' <<<"$out")"
+  LAT[$target,$c]="$(awk '/^latency average = /{print $4; exit}' <<<"$out")"
+}
+for c in 1 32; do
+  j=1; [ "$c" -gt 1 ] && j=2
+  for target in direct router haproxy; do
+    case "$target" in
+      direct) port="$PG_PORT" ;;
+      router) port="$ROUTER_PORT" ;;
+      haproxy) port="$HAPROXY_PORT" ;;
+    esac
+    run "$target" "$port" "$c" "$j"
+  done
+done
+
+ROUTER_RSS="$(awk '/^VmRSS/{print $2, $3}' "/proc/$ROUTER_PID/status" 2>/dev/null || echo '?')"
+
+echo "router-pgbench: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, pgbench -S, scale $SCALE, ${SECONDS_PER_RUN}s per run"
+printf '%-8s %7s %10s %16s %10s\n' target clients TPS "mean lat (ms)" "vs direct"
+for c in 1 32; do
+  for target in direct router haproxy; do
+    printf '%-8s %7s %10.0f %16.3f %9.3fx\n' "$target" "$c" "${TPS[$target,$c]}" "${LAT[$target,$c]}" \
+      "$(awk -v a="${TPS[$target,$c]}" -v b="${TPS[direct,$c]}" 'BEGIN{print a/b}')"
+  done
+done
+echo "router RSS after the runs: $ROUTER_RSS"
+
+verdict=0
+check() { # description condition(awk expr)
+  if awk "BEGIN{exit !($2)}"; then echo "PASS  $1"; else echo "FAIL  $1"; verdict=1; fi
+}
+for c in 1 32; do
+  r="${TPS[router,$c]}"; d="${TPS[direct,$c]}"; h="${TPS[haproxy,$c]}"
+  check "router >= 0.90x direct TPS at $c client(s) ($(awk -v a="$r" -v b="$d" 'BEGIN{printf "%.3f", a/b}')x)" "$r >= 0.90 * $d"
+  check "router >= haproxy TPS at $c client(s) ($(awk -v a="$r" -v b="$h" 'BEGIN{printf "%.3f", a/b}')x haproxy)" "$r >= $h"
+done
+exit "$verdict"

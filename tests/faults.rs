@@ -1,0 +1,155 @@
+//! The fault model with real cells: a crashed leader container, a lost cell,
+//! a planned stop and a hung leader. Each shows where writes go through the
+//! router, how long it took, and that the old member comes back as a replica.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Seeds instance 1 on cells 0 and 1 (leader on 0), with a router; returns the router URL.
+async fn cluster_with_router(d: &mut Deployment) -> String {
+    d.start_router("r1", 8000).await;
+    seed_cluster(d, "1", &[0, 1]).await;
+    let url = d.superuser_url("1", d.router_port("1").await).await;
+    psql(&url, "create table t(id int primary key)").unwrap();
+    url
+}
+
+/// Time until a write through the router succeeds on a primary other than `old_port`.
+async fn first_write_elsewhere(url: &str, old_port: u16, n: i32, timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    wait_for("a write on the new primary", timeout, || {
+        let ok = psql(url, &format!("insert into t values ({n}) returning inet_server_port()"))
+            .ok()
+            .filter(|p| *p != old_port.to_string());
+        async move { ok }
+    })
+    .await;
+    t0.elapsed()
+}
+
+async fn wait_streaming(d: &Deployment, leader_cell: usize, replica_member: &str, timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    let url = d.superuser_url("1", d.cells[leader_cell].ports.0).await;
+    let sql = format!("select state from pg_stat_replication where application_name = '{replica_member}'");
+    wait_for("the old member streaming again", timeout, || {
+        let ok = psql(&url, &sql).ok().filter(|s| s == "streaming");
+        async move { ok }
+    })
+    .await;
+    t0.elapsed()
+}
+
+#[tokio::test]
+async fn leader_container_crash_fails_over_in_seconds_and_rejoins() {
+    let mut d = Deployment::start(2).await;
+    let url = cluster_with_router(&mut d).await;
+    let old = format!("cf-1-{}", d.cells[0].name);
+    assert_eq!(d.leader("1").await.as_deref(), Some(old.as_str()));
+    let out = Command::new("docker").args(["kill", &format!("pgcell-{old}")]).output().unwrap();
+    assert!(out.status.success());
+    let took = first_write_elsewhere(&url, d.cells[0].ports.0, 1, Duration::from_secs(30)).await;
+    eprintln!("leader container crash: first write through the router after {:.2}s", took.as_secs_f64());
+    assert!(took < Duration::from_secs(6), "took {took:?}: the agent should end the dead leader's lock");
+    assert!(d.cells[0].log().contains("its lock is ended"), "{}", d.cells[0].log());
+    let rejoin = wait_streaming(&d, 1, &old, Duration::from_secs(60)).await;
+    eprintln!("crashed member streaming again after {:.1}s", rejoin.as_secs_f64());
+}
+
+#[tokio::test]
+async fn hard_cell_loss_promotes_replica_and_cell_rejoins_when_back() {
+    let mut d = Deployment::start(2).await;
+    let url = cluster_with_router(&mut d).await;
+    let old = format!("cf-1-{}", d.cells[0].name);
+    d.cells[0].kill_cell();
+    let took = first_write_elsewhere(&url, d.cells[0].ports.0, 1, Duration::from_secs(40)).await;
+    eprintln!("hard cell loss: first write through the router after {:.2}s", took.as_secs_f64());
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    d.cells[0].start_agent();
+    let rejoin = wait_streaming(&d, 1, &old, Duration::from_secs(90)).await;
+    eprintln!("lost cell's member streaming again {:.1}s after the agent restarted", rejoin.as_secs_f64());
+    assert_eq!(psql(&url, "select count(*) from t").unwrap(), "1");
+}
+
+#[tokio::test]
+async fn planned_stop_switches_over_first_and_drain_reports_what_it_cannot_move() {
+    let mut d = Deployment::start(3).await;
+    let url = cluster_with_router(&mut d).await;
+    // A second cluster with a single member on cell 0: nothing can take it over.
+    let r = common::http::call(
+        "PUT",
+        &d.cells[0].url("/v2/service_instances/2"),
+        common::http::SEED_AUTH,
+        Some(&seed_body()),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    wait_for("cf-2 leader", Duration::from_secs(60), || d.leader("2")).await;
+    let out = Command::new(pgcell_bin())
+        .args(["drain", &d.cells[0].name])
+        .env("PGCELL_ETCD_ENDPOINTS", &d.etcd.endpoint)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "drain must report the cluster it could not move");
+    assert!(stdout.contains(&format!("cf-1: switched over to cf-1-{}", d.cells[1].name)), "{stdout}");
+    assert!(stdout.contains("cf-2: LEFT RUNNING: no healthy replica"), "{stdout}");
+    assert_eq!(psql(&url, "select inet_server_port()").unwrap(), d.cells[1].ports.0.to_string());
+    let cells = d.pgcell(&["cells"]);
+    assert!(
+        cells.lines().any(|l| l.starts_with(&d.cells[0].name) && l.contains(" up ") && l.ends_with("cf-2")),
+        "{cells}"
+    );
+
+    // Planned stop of cell 1 (now leading cf-1): SIGTERM switches it back to cell 0 first.
+    wait_streaming(&d, 1, &format!("cf-1-{}", d.cells[0].name), Duration::from_secs(60)).await;
+    let writer = tokio::spawn({
+        let url = url.clone();
+        async move {
+            // The longest gap between two acknowledged writes while the cell stops.
+            let (mut last_ok, mut longest, mut n) = (Instant::now(), Duration::ZERO, 100);
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(20) {
+                n += 1;
+                if psql(&url, &format!("insert into t values ({n})")).is_ok() {
+                    longest = longest.max(last_ok.elapsed());
+                    last_ok = Instant::now();
+                }
+            }
+            longest
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = d.cells[1].terminate();
+    assert!(status.success(), "agent exit: {status:?}");
+    assert!(d.cells[1].log().contains("switched over to"), "{}", d.cells[1].log());
+    let pause = writer.await.unwrap();
+    eprintln!("planned stop: longest write pause {:.2}s", pause.as_secs_f64());
+    assert!(pause < Duration::from_secs(5), "writes paused {pause:?}");
+    assert_eq!(psql(&url, "select inet_server_port()").unwrap(), d.cells[0].ports.0.to_string());
+    // Its container is stopped, not removed; it starts again with the agent.
+    let filter = format!("label=org.pgcell.cell={}", d.cells[1].name);
+    assert_eq!(docker_names(&filter).len(), 1);
+    d.cells[1].start_agent();
+    wait_streaming(&d, 0, &format!("cf-1-{}", d.cells[1].name), Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn hung_leader_is_replaced_and_demotes_itself_when_it_returns() {
+    let mut d = Deployment::start(2).await;
+    let url = cluster_with_router(&mut d).await;
+    let old = format!("cf-1-{}", d.cells[0].name);
+    let container = format!("pgcell-{old}");
+    assert!(Command::new("docker").args(["pause", &container]).status().unwrap().success());
+    let took = first_write_elsewhere(&url, d.cells[0].ports.0, 1, Duration::from_secs(40)).await;
+    eprintln!("hung leader: first write through the router after {:.2}s", took.as_secs_f64());
+    assert!(Command::new("docker").args(["unpause", &container]).status().unwrap().success());
+    let rejoin = wait_streaming(&d, 1, &old, Duration::from_secs(90)).await;
+    eprintln!("hung leader demoted and streaming {:.1}s after it returned", rejoin.as_secs_f64());
+    // The router never went back to it.
+    assert_eq!(psql(&url, "select inet_server_port()").unwrap(), d.cells[1].ports.0.to_string());
+    assert_eq!(d.leader("1").await, Some(format!("cf-1-{}", d.cells[1].name)));
+}
