@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use bollard::models::EventMessage;
 
-use super::cluster::{ClusterActor, StopFollowing};
+use super::cluster::{ClusterActor, GetClusterView, StopFollowing};
 use super::container::{ContainerActor, ContainerDied, ContainerStarted, EnsureRunning, Retire, StopForShutdown};
 use super::{ActorStatus, GetState};
 use crate::backoff::Backoff;
@@ -184,6 +184,7 @@ impl StreamHandler<Result<EventMessage, bollard::errors::Error>> for CellActor {
         // The engine went away (restart, socket broken): resubscribe after a
         // backoff, and re-list so nothing that happened meanwhile is missed.
         let delay = self.docker_backoff.next_delay();
+        crate::http::metrics::inc(&crate::http::metrics::COUNTERS.docker_reconnects);
         tracing::warn!(?delay, "docker event stream ended; resubscribing");
         ctx.run_later(delay, |act, ctx| {
             act.subscribe_docker(ctx);
@@ -294,6 +295,34 @@ impl Handler<GetActors> for CellActor {
             out.extend(futures::future::join_all(members.into_iter().map(|m| ask(m, "container"))).await);
             out.extend(futures::future::join_all(clusters.into_iter().map(|c| ask(c, "cluster"))).await);
             out
+        })
+    }
+}
+
+/// The role of this cell's member in each cluster it follows (`unknown` when it has none yet).
+#[derive(Message)]
+#[rtype(result = "Vec<(String, String)>")]
+pub struct GetMemberRoles;
+
+impl Handler<GetMemberRoles> for CellActor {
+    type Result = ResponseFuture<Vec<(String, String)>>;
+
+    fn handle(&mut self, _: GetMemberRoles, _: &mut Context<Self>) -> Self::Result {
+        let cell = self.deps.cfg.name.clone();
+        let clusters: Vec<_> = self.clusters.iter().map(|(s, a)| (s.clone(), a.clone())).collect();
+        Box::pin(async move {
+            let ask = clusters.into_iter().map(|(scope, addr)| {
+                let member = format!("{scope}-{cell}");
+                async move {
+                    let view = tokio::time::timeout(Duration::from_secs(1), addr.send(GetClusterView)).await;
+                    let role = match view {
+                        Ok(Ok(v)) => v.members.get(&member).map_or("unknown".to_string(), |m| m.role.clone()),
+                        _ => "unresponsive".to_string(),
+                    };
+                    (scope, role)
+                }
+            });
+            futures::future::join_all(ask).await
         })
     }
 }

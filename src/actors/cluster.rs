@@ -65,6 +65,9 @@ impl StreamHandler<WatchEvent> for ClusterActor {
             }
         }
         if self.view.leader != leader_before {
+            if leader_before.is_some() {
+                crate::http::metrics::inc(&crate::http::metrics::COUNTERS.failovers_seen);
+            }
             tracing::info!(scope = %self.view.scope, leader = ?self.view.leader, "leader changed");
         }
         self.status.event(self.summary());

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::auth::Authorized;
 use super::osb::{OsbError, parse_json, read_body};
-use crate::actors::cell::{CellActor, EnsureMember, GetActors, RetireMember};
+use crate::actors::cell::{CellActor, EnsureMember, GetActors, GetMemberRoles, RetireMember};
 use crate::cell::member::CellDeps;
 use crate::etcd::store::{self, CellPorts, PlaceError, Placed, Placement};
 use crate::etcd::{Client, keys};
@@ -26,7 +26,7 @@ pub struct CellApi {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(catalog).service(provision).service(deprovision).service(debug_actors);
+    cfg.service(catalog).service(provision).service(deprovision).service(debug_actors).service(metrics);
 }
 
 #[get("/v2/catalog")]
@@ -174,4 +174,29 @@ async fn deprovision(
 async fn debug_actors(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResponse, OsbError> {
     let actors = api.cell.send(GetActors).await.map_err(OsbError::internal)?;
     Ok(HttpResponse::Ok().json(actors))
+}
+
+#[get("/metrics")]
+async fn metrics(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResponse, OsbError> {
+    use super::metrics::{counter_samples, render};
+    let actors = api.cell.send(GetActors).await.map_err(OsbError::internal)?;
+    let roles = api.cell.send(GetMemberRoles).await.map_err(OsbError::internal)?;
+    let (mut samples, mut kinds) = counter_samples();
+    let mut by_state = std::collections::BTreeMap::<String, u64>::new();
+    for a in actors.iter().filter(|a| a.kind == "container") {
+        *by_state.entry(a.state.clone()).or_default() += 1;
+    }
+    for (state, n) in by_state {
+        samples.push(("pgcell_cell_containers", vec![("state", state)], n));
+    }
+    let mut by_role = std::collections::BTreeMap::<String, u64>::new();
+    for (_, role) in roles {
+        *by_role.entry(role).or_default() += 1;
+    }
+    for (role, n) in by_role {
+        samples.push(("pgcell_cell_clusters", vec![("role", role)], n));
+    }
+    kinds.push(("pgcell_cell_containers", "gauge"));
+    kinds.push(("pgcell_cell_clusters", "gauge"));
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(render(&samples, &kinds)))
 }

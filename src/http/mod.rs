@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod cell_api;
+pub mod metrics;
 pub mod osb;
 
 use actix_web::{HttpResponse, get};

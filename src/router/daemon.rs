@@ -101,12 +101,13 @@ async fn debug_actors(_: Authorized, s: web::Data<RouterHttp>) -> Result<HttpRes
 
 #[get("/metrics")]
 async fn metrics(_: Authorized, s: web::Data<RouterHttp>) -> HttpResponse {
+    use crate::http::metrics::{counter_samples, render};
     use std::sync::atomic::Ordering::Relaxed;
     let st = &s.stats;
-    let with_primary = s.table.iter().filter(|e| e.primary.borrow().is_some()).count();
-    let lines = [
+    let with_primary = s.table.iter().filter(|e| e.primary.borrow().is_some()).count() as u64;
+    let router: [(&'static str, &'static str, u64); 9] = [
         ("pgcell_router_ports", "gauge", s.table.len() as u64),
-        ("pgcell_router_ports_with_primary", "gauge", with_primary as u64),
+        ("pgcell_router_ports_with_primary", "gauge", with_primary),
         ("pgcell_router_connections_accepted_total", "counter", st.accepted.load(Relaxed)),
         ("pgcell_router_connections_refused_total", "counter", st.refused.load(Relaxed)),
         ("pgcell_router_connections_active", "gauge", st.active.load(Relaxed)),
@@ -115,6 +116,10 @@ async fn metrics(_: Authorized, s: web::Data<RouterHttp>) -> HttpResponse {
         ("pgcell_router_bytes_to_client_total", "counter", st.bytes_to_client.load(Relaxed)),
         ("pgcell_router_switches_total", "counter", st.switches.load(Relaxed)),
     ];
-    let body: String = lines.iter().map(|(n, t, v)| format!("# TYPE {n} {t}\n{n} {v}\n")).collect();
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
+    let (mut samples, mut kinds) = counter_samples();
+    for (name, kind, v) in router {
+        samples.push((name, vec![], v));
+        kinds.push((name, kind));
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(render(&samples, &kinds))
 }
