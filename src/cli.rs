@@ -34,6 +34,12 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Run the Open Service Broker (v2.17): places clusters across cells, hands out per-binding credentials
+    Broker {
+        /// TOML configuration file (every key optional but password; PGCELL_* variables override it)
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Switch every leader on a cell over to a healthy replica elsewhere (before a planned stop)
     Drain {
         /// The cell's name
@@ -78,6 +84,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             actix::System::new().block_on(crate::router::daemon::run(cfg))
         }
+        Command::Broker { config } => {
+            let mut cfg = config::BrokerConfig::load(config.as_deref())?;
+            if let Some(flag) = cli.etcd.as_deref() {
+                cfg.etcd_endpoints = config::split_endpoints(flag);
+            }
+            actix::System::new().block_on(crate::broker::daemon::run(cfg))
+        }
         tool => {
             let endpoints = etcd_endpoints(cli.etcd.as_deref(), vec!["127.0.0.1:2379".into()]);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -107,7 +120,9 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
             anyhow::ensure!(left == 0, "{left} cluster(s) still lead on {cell}: see above");
             return Ok(());
         }
-        Command::Cell { .. } | Command::Router { .. } => unreachable!("daemons are not tools"),
+        Command::Cell { .. } | Command::Router { .. } | Command::Broker { .. } => {
+            anyhow::bail!("daemons are started by run(), not as tools")
+        }
     };
     for line in lines {
         println!("{line}");

@@ -197,6 +197,64 @@ impl RouterConfig {
     }
 }
 
+/// Configuration of `pgcell broker`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub name: String,
+    pub listen: String,
+    pub username: String,
+    /// Required: the platform's broker password.
+    pub password: String,
+    /// Host handed out in credentials; empty: the first registered router's address.
+    pub router_host: String,
+    /// Fleet-wide range router ports are allocated from (same as the cells').
+    pub router_port_range: String,
+    /// An operation still in progress after this long fails.
+    pub operation_timeout_secs: u64,
+    pub etcd_endpoints: Vec<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            name: "broker-1".into(),
+            listen: "127.0.0.1:8080".into(),
+            username: "broker".into(),
+            password: String::new(),
+            router_host: String::new(),
+            router_port_range: "40000-40999".into(),
+            operation_timeout_secs: 900,
+            etcd_endpoints: vec!["127.0.0.1:2379".into()],
+        }
+    }
+}
+
+const BROKER_ENV: &[(&str, &str)] = &[
+    ("PGCELL_BROKER_NAME", "name"),
+    ("PGCELL_BROKER_LISTEN", "listen"),
+    ("PGCELL_USERNAME", "username"),
+    ("PGCELL_PASSWORD", "password"),
+    ("PGCELL_ROUTER_HOST", "router_host"),
+    ("PGCELL_ROUTER_PORT_RANGE", "router_port_range"),
+    ("PGCELL_OPERATION_TIMEOUT_SECS", "operation_timeout_secs"),
+    (ETCD_ENV, "etcd_endpoints"),
+];
+
+impl BrokerConfig {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let cfg: Self = load_layered(path, BROKER_ENV, &|k| std::env::var(k).ok())?;
+        if cfg.password.is_empty() {
+            bail!("the broker needs a password: set `password` in its config or PGCELL_PASSWORD");
+        }
+        parse_port_range(&cfg.router_port_range).context("router_port_range")?;
+        if cfg.etcd_endpoints.is_empty() {
+            bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
+        }
+        Ok(cfg)
+    }
+}
+
 pub fn parse_port_range(s: &str) -> anyhow::Result<(u16, u16)> {
     let parse = || -> Option<(u16, u16)> {
         let (a, b) = s.split_once('-')?;

@@ -9,6 +9,7 @@
 //! - [`docker`]: the Docker Engine through bollard: member containers and their labels.
 //! - [`patroni`]: rendering Patroni's configuration and reading what Patroni writes
 //!   under `/service/<scope>/`.
+//! - [`broker`]: the Open Service Broker: catalog, placement, operations, SQL for bindings.
 //! - [`cell`]: plain logic of a cell (reconciling desired members with containers).
 //! - [`actors`]: the actix actors, thin shells over the plain structs above.
 //! - [`http`]: the per-cell broker API, health and the OSB error body.
@@ -18,6 +19,7 @@
 
 pub mod actors;
 pub mod backoff;
+pub mod broker;
 pub mod cell;
 pub mod cli;
 pub mod config;

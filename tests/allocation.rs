@@ -58,6 +58,7 @@ async fn placement_race_fills_slots_once() {
         service_id: "s".into(),
         plan_id: "p".into(),
         memory_mb: 1,
+        purge: false,
     };
     let mut tasks = vec![];
     for i in 0..8 {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::etcd::{Client, keys, store};
+use crate::patroni::read_view;
 use crate::patroni::rest;
 use crate::patroni::view::{ClusterView, is_primary_role};
 
@@ -30,16 +31,6 @@ impl std::fmt::Display for Outcome {
 /// Whether a replica other than `leader` can take over.
 pub fn has_healthy_replica(view: &ClusterView, leader: &str) -> bool {
     view.members.values().any(|m| m.name != leader && m.state == "running" && !is_primary_role(&m.role))
-}
-
-pub async fn read_view(client: &mut Client, scope: &str) -> anyhow::Result<ClusterView> {
-    let prefix = keys::patroni_scope(scope);
-    let (kvs, _) = store::get_prefix(client, &prefix).await?;
-    let mut view = ClusterView::new(scope);
-    for (k, v) in &kvs {
-        view.apply(&k[prefix.len()..], Some(v));
-    }
-    Ok(view)
 }
 
 /// Switches every leader on `cell` away; one outcome per cluster with a member here.

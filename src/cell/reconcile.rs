@@ -132,6 +132,7 @@ mod tests {
             service_id: "s".into(),
             plan_id: "p".into(),
             memory_mb: 256,
+            purge: false,
         }
     }
 

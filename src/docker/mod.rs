@@ -81,6 +81,10 @@ pub async fn create(docker: &Docker, spec: &ContainerSpec) -> anyhow::Result<()>
         // Host networking: members listen on their allocated host ports, with
         // no NAT on the data path (docs/decisions.md).
         network_mode: Some("host".into()),
+        // An init as PID 1 reaps orphans: Patroni detaches the postmaster, and
+        // without a reaper a stopped postmaster stays a zombie and Patroni waits
+        // on it forever (seen on every demotion).
+        init: Some(true),
         binds: Some(vec![format!("{}:{}", spec.member_dir, crate::patroni::config::MOUNT)]),
         memory: Some((spec.memory_mb * 1024 * 1024) as i64),
         log_config: Some(HostConfigLogConfig {

@@ -7,6 +7,9 @@
 //! | `/pgcell/ports/<cell>/<slot>` | member name holding the slot | same txn as the placement |
 //! | `/pgcell/instances/<id>/secrets` | [`Secrets`](super::store::Secrets) JSON | first member's txn |
 //! | `/pgcell/instances/<id>/router_port` | the instance's router port (decimal) | same txn as the port claim |
+//! | `/pgcell/instances/<id>/spec` | broker's instance spec (service, plan, parameters) | broker txn |
+//! | `/pgcell/instances/<id>/operation` | the instance's last operation and its progress | broker |
+//! | `/pgcell/instances/<id>/bindings/<bid>` | a binding (role name, password) | broker txn |
 //! | `/pgcell/router_ports/<port>` | instance id holding the router port | allocator txn |
 //! | `/pgcell/routers/<name>` | [`RouterRecord`](super::store::RouterRecord) JSON, on the router's lease | router |
 
@@ -51,6 +54,18 @@ pub fn instance(instance: &str) -> String {
 
 pub fn secrets(instance: &str) -> String {
     format!("{ROOT}instances/{instance}/secrets")
+}
+
+pub fn spec(instance: &str) -> String {
+    format!("{ROOT}instances/{instance}/spec")
+}
+
+pub fn operation(instance: &str) -> String {
+    format!("{ROOT}instances/{instance}/operation")
+}
+
+pub fn binding(instance: &str, binding: &str) -> String {
+    format!("{ROOT}instances/{instance}/bindings/{binding}")
 }
 
 pub fn router_port(instance: &str) -> String {

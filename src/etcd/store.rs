@@ -68,6 +68,10 @@ pub struct Placement {
     pub service_id: String,
     pub plan_id: String,
     pub memory_mb: u64,
+    /// Set when the member is to be removed with its data (deprovision, scale down):
+    /// the cell removes the container, deletes the data, then the placement.
+    #[serde(default)]
+    pub purge: bool,
 }
 
 /// What a cell offers to a new placement.
@@ -208,6 +212,31 @@ pub async fn end_leader_lock(client: &mut Client, scope: &str, member: &str) -> 
         .when([Compare::value(key.as_str(), CompareOp::Equal, member)])
         .and_then([TxnOp::delete(key.as_str(), None)]);
     Ok(client.txn(txn).await.context("etcd txn (end leader lock)")?.succeeded())
+}
+
+/// Every placement of an instance, with its mod revision.
+pub async fn instance_placements(client: &mut Client, instance: &str) -> anyhow::Result<Vec<(Placement, i64)>> {
+    let resp =
+        client.get(keys::placements(), Some(GetOptions::new().with_prefix())).await.context("etcd get placements")?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter(|kv| {
+            std::str::from_utf8(kv.key()).ok().and_then(keys::placement_instance).is_some_and(|(_, id)| id == instance)
+        })
+        .filter_map(|kv| Some((serde_json::from_slice(kv.value()).ok()?, kv.mod_revision())))
+        .collect())
+}
+
+/// Rewrites a placement if it did not change since it was read.
+pub async fn update_placement(client: &mut Client, p: &Placement, mod_rev: i64) -> anyhow::Result<bool> {
+    let key = keys::placement(&p.cell, &p.instance_id);
+    let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev)]).and_then([TxnOp::put(
+        key.as_str(),
+        serde_json::to_vec(p)?,
+        None,
+    )]);
+    Ok(client.txn(txn).await.context("etcd txn (update placement)")?.succeeded())
 }
 
 /// Cells holding a placement of the instance.

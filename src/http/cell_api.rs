@@ -105,6 +105,7 @@ async fn provision(
         service_id: body.service_id,
         plan_id: body.plan_id,
         memory_mb: cfg.memory_mb,
+        purge: false,
     };
     let ports = CellPorts::new(&cfg.name, cfg.ports().map_err(OsbError::internal)?, cfg.capacity);
     let placed = match store::place_member(&mut etcd, &ports, want.clone()).await {

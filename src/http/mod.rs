@@ -2,6 +2,7 @@
 //! `/healthz` requires basic auth, checked in constant time.
 
 pub mod auth;
+pub mod broker;
 pub mod cell_api;
 pub mod metrics;
 pub mod osb;

@@ -104,6 +104,7 @@ mod tests {
             service_id: "s".into(),
             plan_id: "p".into(),
             memory_mb: 512,
+            purge: false,
         }
     }
 

@@ -6,3 +6,16 @@ pub mod view;
 
 pub use view::{ClusterView, MemberStatus};
 pub mod rest;
+
+use crate::etcd::{Client, keys, store};
+
+/// Reads one cluster's view from etcd.
+pub async fn read_view(client: &mut Client, scope: &str) -> anyhow::Result<ClusterView> {
+    let prefix = keys::patroni_scope(scope);
+    let (kvs, _) = store::get_prefix(client, &prefix).await?;
+    let mut view = ClusterView::new(scope);
+    for (k, v) in &kvs {
+        view.apply(&k[prefix.len()..], Some(v));
+    }
+    Ok(view)
+}

@@ -1,0 +1,216 @@
+//! The catalog: one PostgreSQL 15 service, its plans and parameter schemas,
+//! and the validation of parameters against them.
+
+use serde_json::{Value, json};
+
+/// pgcell's service.
+pub const SERVICE_ID: &str = "5d5bc3d4-8a4e-4f47-9a68-7d1c2f0b9e15";
+/// The seed's service and plan (cf-containers-broker era): kept working.
+pub const SEED_SERVICE_ID: &str = crate::http::cell_api::SEED_SERVICE_ID;
+pub const SEED_PLAN_ID: &str = crate::http::cell_api::SEED_PLAN_ID;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub id: &'static str,
+    pub service_id: &'static str,
+    pub name: &'static str,
+    pub description: &'static str,
+    pub members: usize,
+    pub memory_mb: u64,
+}
+
+pub const PLANS: &[Plan] = &[
+    Plan {
+        id: "0b9b1d67-51d4-4c38-9a3e-1c1f6a4e7a01",
+        service_id: SERVICE_ID,
+        name: "single",
+        description: "One PostgreSQL 15 member, 512 MB; no failover",
+        members: 1,
+        memory_mb: 512,
+    },
+    Plan {
+        id: "0b9b1d67-51d4-4c38-9a3e-1c1f6a4e7a02",
+        service_id: SERVICE_ID,
+        name: "ha-2",
+        description: "Two members on distinct cells, synchronous replication, 1 GB each",
+        members: 2,
+        memory_mb: 1024,
+    },
+    Plan {
+        id: "0b9b1d67-51d4-4c38-9a3e-1c1f6a4e7a03",
+        service_id: SERVICE_ID,
+        name: "ha-3",
+        description: "Three members on distinct cells, synchronous replication, 1 GB each",
+        members: 3,
+        memory_mb: 1024,
+    },
+    Plan {
+        id: SEED_PLAN_ID,
+        service_id: SEED_SERVICE_ID,
+        name: "seed-ha",
+        description: "The seed's plan: two members on distinct cells",
+        members: 2,
+        memory_mb: 1024,
+    },
+];
+
+pub fn plan(service_id: &str, plan_id: &str) -> Option<&'static Plan> {
+    PLANS.iter().find(|p| p.id == plan_id && p.service_id == service_id)
+}
+
+/// Extensions the image ships (Debian's postgresql-15 contrib), checked against
+/// `pg_available_extensions` by an integration test.
+pub const EXTENSIONS: &[&str] = &[
+    "btree_gin",
+    "btree_gist",
+    "citext",
+    "cube",
+    "dblink",
+    "earthdistance",
+    "fuzzystrmatch",
+    "hstore",
+    "intarray",
+    "isn",
+    "lo",
+    "ltree",
+    "pg_stat_statements",
+    "pg_trgm",
+    "pgcrypto",
+    "postgres_fdw",
+    "seg",
+    "tablefunc",
+    "tcn",
+    "unaccent",
+    "uuid-ossp",
+];
+
+/// Validated provision/update parameters.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Parameters {
+    #[serde(default)]
+    pub extensions: Vec<String>,
+}
+
+fn schema() -> Value {
+    json!({
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "extensions": {
+                "type": "array",
+                "description": "Extensions created in the instance's database",
+                "uniqueItems": true,
+                "maxItems": EXTENSIONS.len(),
+                "items": {"type": "string", "enum": EXTENSIONS},
+            },
+        },
+    })
+}
+
+/// Checks parameters against the schema above, with a message saying what is wrong.
+pub fn parse_parameters(v: Option<&Value>) -> Result<Parameters, String> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(Parameters::default()) };
+    let obj = v.as_object().ok_or("parameters must be a JSON object")?;
+    if let Some(k) = obj.keys().find(|k| *k != "extensions") {
+        return Err(format!("unknown parameter {k:?}; known: extensions"));
+    }
+    let mut extensions = vec![];
+    if let Some(ext) = obj.get("extensions") {
+        let list = ext.as_array().ok_or("extensions must be an array of names")?;
+        for e in list {
+            let name = e.as_str().ok_or("extensions must be an array of names")?;
+            if !EXTENSIONS.contains(&name) {
+                return Err(format!("extension {name:?} is not available; available: {}", EXTENSIONS.join(", ")));
+            }
+            if extensions.iter().any(|x| x == name) {
+                return Err(format!("extension {name:?} is listed twice"));
+            }
+            extensions.push(name.to_string());
+        }
+    }
+    Ok(Parameters { extensions })
+}
+
+pub fn catalog() -> Value {
+    let plans = |service: &str| -> Vec<Value> {
+        PLANS
+            .iter()
+            .filter(|p| p.service_id == service)
+            .map(|p| {
+                json!({
+                    "id": p.id,
+                    "name": p.name,
+                    "description": p.description,
+                    "free": true,
+                    "bindable": true,
+                    "plan_updateable": true,
+                    "metadata": {"members": p.members, "memory_mb": p.memory_mb},
+                    "schemas": {
+                        "service_instance": {"create": {"parameters": schema()}, "update": {"parameters": schema()}},
+                        "service_binding": {"create": {"parameters": {"$schema": "http://json-schema.org/draft-04/schema#", "type": "object", "additionalProperties": false}}},
+                    },
+                })
+            })
+            .collect()
+    };
+    let service = |id: &str, name: &str, description: &str| {
+        json!({
+            "id": id,
+            "name": name,
+            "description": description,
+            "bindable": true,
+            "instances_retrievable": true,
+            "bindings_retrievable": true,
+            "plan_updateable": true,
+            "tags": ["postgresql", "postgres", "relational"],
+            "metadata": {"displayName": "PostgreSQL 15 (pgcell)"},
+            "plans": plans(id),
+        })
+    };
+    json!({"services": [
+        service(SERVICE_ID, "postgresql", "PostgreSQL 15, highly available with Patroni, reached through the pgcell router"),
+        service(SEED_SERVICE_ID, "postgresql-seed", "The seed's service id, kept for existing platforms"),
+    ]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_are_unique_and_found() {
+        let mut ids: Vec<_> = PLANS.iter().map(|p| p.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), PLANS.len());
+        assert_eq!(plan(SERVICE_ID, PLANS[2].id).unwrap().members, 3);
+        assert!(plan(SEED_SERVICE_ID, PLANS[0].id).is_none(), "plan under the wrong service");
+        assert_eq!(plan(SEED_SERVICE_ID, SEED_PLAN_ID).unwrap().members, 2);
+    }
+
+    #[test]
+    fn parameters_are_checked() {
+        assert_eq!(parse_parameters(None).unwrap(), Parameters::default());
+        let ok = json!({"extensions": ["pgcrypto", "citext"]});
+        assert_eq!(parse_parameters(Some(&ok)).unwrap().extensions, ["pgcrypto", "citext"]);
+        for bad in [
+            json!([]),
+            json!({"extension": []}),
+            json!({"extensions": "pgcrypto"}),
+            json!({"extensions": [1]}),
+            json!({"extensions": ["postgis"]}),
+            json!({"extensions": ["citext", "citext"]}),
+        ] {
+            assert!(parse_parameters(Some(&bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn catalog_has_both_services_and_schemas() {
+        let c = catalog();
+        assert_eq!(c["services"].as_array().unwrap().len(), 2);
+        assert_eq!(c["services"][0]["plans"].as_array().unwrap().len(), 3);
+        assert!(c["services"][0]["plans"][0]["schemas"]["service_instance"]["create"]["parameters"].is_object());
+    }
+}

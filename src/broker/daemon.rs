@@ -1,0 +1,82 @@
+//! `pgcell broker`: the OSB API over etcd.
+
+use std::sync::Arc;
+
+use actix_web::dev::Service;
+use actix_web::{App, HttpResponse, HttpServer, get, web};
+use anyhow::Context;
+
+use super::engine::Broker;
+use crate::config::BrokerConfig;
+use crate::http::{self, auth::Authorized, auth::Credentials, metrics};
+
+pub async fn run(cfg: BrokerConfig) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(&cfg.listen)
+        .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
+    serve(cfg, listener).await
+}
+
+pub async fn serve(cfg: BrokerConfig, listener: std::net::TcpListener) -> anyhow::Result<()> {
+    let etcd = crate::etcd::connect(&cfg.etcd_endpoints).await?;
+    let creds = web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.clone() });
+    tracing::info!(broker = %cfg.name, listen = %listener.local_addr()?, "broker running");
+    let broker = web::Data::new(Broker { etcd, cfg: Arc::new(cfg) });
+    HttpServer::new(move || {
+        App::new()
+            .app_data(broker.clone())
+            .app_data(creds.clone())
+            .app_data(
+                web::PathConfig::default()
+                    .error_handler(|e, _| http::osb::OsbError::bad_request(format!("bad path: {e}")).into()),
+            )
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| http::osb::OsbError::bad_request(format!("bad query: {e}")).into()),
+            )
+            .wrap_fn(|req, srv| {
+                // Echo the request identity; log who originated it; count by endpoint and status.
+                let identity = req.headers().get("x-broker-api-request-identity").cloned();
+                if let Some(origin) = req.headers().get("x-broker-api-originating-identity") {
+                    tracing::info!(method = %req.method(), path = %req.path(), origin = ?origin, "OSB request");
+                }
+                let endpoint =
+                    format!("{} {}", req.method(), req.match_pattern().unwrap_or_else(|| "unmatched".into()));
+                let fut = srv.call(req);
+                async move {
+                    let mut res = fut.await?;
+                    if let Some(id) = identity {
+                        res.headers_mut().insert(
+                            actix_web::http::header::HeaderName::from_static("x-broker-api-request-identity"),
+                            id,
+                        );
+                    }
+                    *metrics::COUNTERS.requests.entry((endpoint, res.status().as_u16())).or_default() += 1;
+                    Ok(res)
+                }
+            })
+            .service(http::healthz)
+            .service(debug_actors)
+            .service(broker_metrics)
+            .configure(http::broker::routes)
+            .default_service(web::to(http::not_found))
+    })
+    .workers(2)
+    .listen(listener)?
+    .run()
+    .await
+    .context("broker HTTP server")
+}
+
+/// The broker has no long-lived actors: it reports itself, so every daemon answers alike.
+#[get("/debug/actors")]
+async fn debug_actors(_: Authorized, b: web::Data<Broker>) -> HttpResponse {
+    let mut s = crate::actors::ActorStatus::new("broker", b.cfg.name.clone());
+    s.state = "serving".into();
+    HttpResponse::Ok().json([s])
+}
+
+#[get("/metrics")]
+async fn broker_metrics(_: Authorized) -> HttpResponse {
+    let (samples, kinds) = metrics::counter_samples();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics::render(&samples, &kinds))
+}

@@ -1,0 +1,93 @@
+//! The SQL the broker runs on an instance's primary (through the router):
+//! the owner role and database, extensions, and one role per binding.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_postgres::{Client, NoTls};
+
+/// The database every binding uses.
+pub const DATABASE: &str = "app";
+/// The role that owns the database and every object bindings create.
+pub const OWNER: &str = "app_owner";
+
+pub async fn connect(host: &str, port: u16, password: &str, dbname: &str) -> anyhow::Result<Client> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(host).port(port).user("postgres").password(password).dbname(dbname);
+    cfg.connect_timeout(Duration::from_secs(5)).application_name("pgcell-broker");
+    let (client, conn) =
+        cfg.connect(NoTls).await.with_context(|| format!("cannot connect to {host}:{port}/{dbname}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "broker SQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Quotes an identifier (names are checked by the caller; quoting is belt and braces).
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Owner role, database and extensions; idempotent.
+pub async fn setup_instance(host: &str, port: u16, password: &str, extensions: &[String]) -> anyhow::Result<()> {
+    let c = connect(host, port, password, "postgres").await?;
+    c.batch_execute(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{OWNER}') THEN CREATE ROLE {OWNER} NOLOGIN; END IF; END $$"
+    ))
+    .await
+    .context("create owner role")?;
+    let exists = c.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE]).await?.is_some();
+    if !exists {
+        c.batch_execute(&format!("CREATE DATABASE {DATABASE} OWNER {OWNER}")).await.context("create database")?;
+    }
+    let app = connect(host, port, password, DATABASE).await?;
+    for e in extensions {
+        app.batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {}", ident(e)))
+            .await
+            .with_context(|| format!("create extension {e}"))?;
+    }
+    Ok(())
+}
+
+/// A login role for a binding, member of the owner role, acting as the owner so
+/// that whatever it creates belongs to the owner (and so to every binding).
+pub async fn create_binding_role(
+    host: &str,
+    port: u16,
+    password: &str,
+    user: &str,
+    user_password: &str,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(user_password.bytes().all(|b| b.is_ascii_alphanumeric()), "generated password is not alphanumeric");
+    let c = connect(host, port, password, "postgres").await?;
+    let u = ident(user);
+    let sql = format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN \
+         CREATE ROLE {u} LOGIN PASSWORD '{user_password}' IN ROLE {OWNER}; END IF; END $$; \
+         ALTER ROLE {u} SET role = '{OWNER}'"
+    );
+    c.batch_execute(&sql).await.context("create binding role")?;
+    Ok(())
+}
+
+/// Ends the binding's sessions and drops its role; what it created stays, owned by the owner.
+pub async fn drop_binding_role(host: &str, port: u16, password: &str, user: &str) -> anyhow::Result<()> {
+    let c = connect(host, port, password, "postgres").await?;
+    if c.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user]).await?.is_none() {
+        return Ok(());
+    }
+    let u = ident(user);
+    // No new sessions, then end the open ones.
+    c.batch_execute(&format!("ALTER ROLE {u} NOLOGIN")).await?;
+    c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&user]).await?;
+    for db in [DATABASE, "postgres"] {
+        let d = connect(host, port, password, db).await?;
+        d.batch_execute(&format!("REASSIGN OWNED BY {u} TO {OWNER}; DROP OWNED BY {u}"))
+            .await
+            .with_context(|| format!("reassign in {db}"))?;
+    }
+    c.batch_execute(&format!("DROP ROLE IF EXISTS {u}")).await.context("drop binding role")?;
+    Ok(())
+}
