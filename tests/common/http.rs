@@ -9,8 +9,28 @@ pub struct Resp {
 }
 
 pub async fn call(method: &str, url: &str, auth: Option<(&str, &str)>, body: Option<&str>) -> Resp {
+    osb_with(method, url, body, &[], auth).await
+}
+
+pub const SEED_AUTH: Option<(&str, &str)> = Some(("containers", "containers"));
+
+/// An OSB request to a broker: version header, broker credentials, request identity.
+pub async fn osb(method: &str, url: &str, body: Option<&str>) -> Resp {
+    osb_with(method, url, body, &[("X-Broker-API-Version", "2.17")], Some(("broker", super::BROKER_PASSWORD))).await
+}
+
+pub async fn osb_with(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+    auth: Option<(&str, &str)>,
+) -> Resp {
     let client = reqwest::Client::new();
     let mut req = client.request(method.parse().unwrap(), url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
     if let Some((u, p)) = auth {
         req = req.basic_auth(u, Some(p));
     }
@@ -23,5 +43,3 @@ pub async fn call(method: &str, url: &str, auth: Option<(&str, &str)>, body: Opt
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     Resp { status, body, text }
 }
-
-pub const SEED_AUTH: Option<(&str, &str)> = Some(("containers", "containers"));

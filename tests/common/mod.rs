@@ -191,11 +191,14 @@ pub struct Deployment {
     pub etcd: Etcd,
     pub cells: Vec<Cell>,
     pub routers: Vec<Router>,
+    /// Broker processes (same shape as a router: name, URL, log).
+    pub brokers: Vec<Router>,
     pub router_ports: (u16, u16),
     pub tmp: tempfile::TempDir,
 }
 
 pub const ROUTER_PASSWORD: &str = "router-test-password";
+pub const BROKER_PASSWORD: &str = "broker-test-password";
 
 /// A `pgcell router` process.
 pub struct Router {
@@ -238,7 +241,7 @@ impl Deployment {
         let tmp = tempfile::tempdir().unwrap();
         let etcd = Etcd::start();
         let router_ports = port_block();
-        let mut d = Self { id, etcd, cells: vec![], routers: vec![], router_ports, tmp };
+        let mut d = Self { id, etcd, cells: vec![], routers: vec![], brokers: vec![], router_ports, tmp };
         for i in 0..cells {
             d.add_cell(&format!("{}-c{i}", d.id)).await;
         }
@@ -321,6 +324,41 @@ impl Deployment {
         self.routers.len() - 1
     }
 
+    /// Starts a broker process; returns its base URL.
+    pub async fn start_broker(&mut self, name: &str) -> String {
+        let port = free_port();
+        let log = self.tmp.path().join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(pgcell_bin())
+            .arg("broker")
+            .env("PGCELL_BROKER_NAME", name)
+            .env("PGCELL_BROKER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PGCELL_PASSWORD", BROKER_PASSWORD)
+            .env("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1))
+            .env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint)
+            .env("PGCELL_LOG", "info,pgcell=debug")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/healthz");
+        self.brokers.push(Router {
+            name: name.into(),
+            http: url.clone(),
+            host: "127.0.0.1".into(),
+            child: Some(child),
+            log,
+        });
+        wait_for("broker health", Duration::from_secs(15), || {
+            let h = health.clone();
+            async move { reqwest::get(&h).await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+        url
+    }
+
     /// The router port of an instance, from etcd.
     pub async fn router_port(&self, id: &str) -> u16 {
         let mut c = self.etcd.client().await;
@@ -370,7 +408,7 @@ impl Deployment {
 
     pub fn logs(&self) -> String {
         let cells = self.cells.iter().map(|c| format!("--- {} ---\n{}", c.name, c.log()));
-        let routers = self.routers.iter().map(|r| format!("--- {} ---\n{}", r.name, r.log()));
+        let routers = self.routers.iter().chain(&self.brokers).map(|r| format!("--- {} ---\n{}", r.name, r.log()));
         cells.chain(routers).collect()
     }
 }
@@ -380,7 +418,7 @@ impl Drop for Deployment {
         for c in &mut self.cells {
             c.kill_agent();
         }
-        for r in &mut self.routers {
+        for r in self.routers.iter_mut().chain(self.brokers.iter_mut()) {
             r.kill();
         }
         let ids = docker_ids(&format!("label=org.pgcell.deployment={}", self.id));
