@@ -51,6 +51,8 @@ impl MemberConfig<'_> {
                     "retry_timeout": t.retry_timeout,
                     "maximum_lag_on_failover": 1_048_576,
                     "synchronous_mode": self.synchronous_mode,
+                    // etcd down: the leader stays primary while every member answers it.
+                    "failsafe_mode": true,
                     "postgresql": {
                         "use_pg_rewind": true,
                         "use_slots": true,
@@ -129,6 +131,7 @@ mod tests {
         assert_eq!(v["restapi"]["connect_address"], "10.0.0.5:30001");
         assert_eq!(v["bootstrap"]["dcs"]["ttl"], 10);
         assert_eq!(v["bootstrap"]["dcs"]["synchronous_mode"], true);
+        assert_eq!(v["bootstrap"]["dcs"]["failsafe_mode"], true);
         assert_eq!(v["bootstrap"]["dcs"]["postgresql"]["use_pg_rewind"], true);
         assert_eq!(v["postgresql"]["authentication"]["superuser"]["password"], s.superuser.as_str());
         let hba: Vec<&str> =
