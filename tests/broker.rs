@@ -173,7 +173,8 @@ async fn single_plan_extensions_and_not_enough_cells() {
     assert_eq!(state, "succeeded", "{desc}");
     eprintln!("single provisioned in {secs:.1}s");
     // Every extension the catalog offers is in the image.
-    let url = d.superuser_url("s1", d.router_port("s1").await).await.replace("/postgres", "/app");
+    let url = d.superuser_url("s1", d.router_port("s1").await).await;
+    let url = format!("{}/app", url.strip_suffix("/postgres").unwrap());
     let available = psql(&url, "select string_agg(name, ',') from pg_available_extensions").unwrap();
     for e in catalog::EXTENSIONS {
         assert!(available.split(',').any(|a| a == *e), "{e} is not in the image");
@@ -200,6 +201,12 @@ async fn protocol_rules_and_bad_requests_change_nothing() {
     let good = provision_body("single", json!({}));
     let r = osb("PUT", &format!("{broker}/v2/service_instances/p1?accepts_incomplete=true"), Some(&good)).await;
     assert_eq!(r.status, 202, "{}", r.text);
+    // The cell creates the cluster's secrets as it starts the member: wait for that.
+    wait_for("the member's secrets", Duration::from_secs(30), || async {
+        let has = d.etcd.dump("/pgcell/instances/p1/secrets").await;
+        (!has.is_empty()).then_some(())
+    })
+    .await;
     let before = d.etcd.dump("/pgcell/").await;
     let before: Vec<_> =
         before.into_iter().filter(|(k, _)| !k.ends_with("/operation") && !k.ends_with("/driving")).collect();

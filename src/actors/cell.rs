@@ -79,6 +79,9 @@ impl CellActor {
     fn apply_plan(&mut self, containers: &[docker::MemberContainer], ctx: &mut Context<Self>) {
         let actors: BTreeSet<String> = self.members.keys().chain(&self.retiring).cloned().collect();
         let plan = plan(&self.desired, &actors, containers);
+        for p in plan.purge {
+            self.purge(p, ctx);
+        }
         for p in plan.adopt {
             self.adopt(p);
         }
@@ -107,6 +110,39 @@ impl CellActor {
         }
         self.follow_clusters();
         self.status.event(format!("members={} clusters={}", self.members.len(), self.clusters.len()));
+    }
+
+    /// Removes a member marked `purge`: container, data, Patroni member key, then its placement.
+    fn purge(&mut self, p: Placement, ctx: &mut Context<Self>) {
+        if !self.retiring.insert(p.member.clone()) {
+            return;
+        }
+        let actor = self.members.remove(&p.member);
+        let deps = self.deps.clone();
+        let member = p.member.clone();
+        let work = async move {
+            match actor {
+                Some(a) => a.send(Retire).await.map_err(anyhow::Error::from)?.map_err(anyhow::Error::msg)?,
+                None => deps.remove_container(&p.member).await?,
+            }
+            deps.purge_data(&p.member)?;
+            let mut etcd = deps.etcd.clone();
+            etcd.delete(keys::patroni_member(&p.scope, &p.member), None).await?;
+            let key = keys::placement(&p.cell, &p.instance_id);
+            if let Some((cur, rev)) = crate::etcd::store::get_json::<Placement>(&mut etcd, &key).await?
+                && cur.purge
+            {
+                crate::etcd::store::remove_placement(&mut etcd, &cur, rev).await?;
+            }
+            anyhow::Ok(())
+        };
+        ctx.spawn(work.into_actor(self).map(move |res, act, _| {
+            act.retiring.remove(&member);
+            match res {
+                Ok(()) => tracing::info!(%member, "member removed with its data"),
+                Err(e) => tracing::error!(%member, error = %format!("{e:#}"), "cannot remove member; will retry"),
+            }
+        }));
     }
 
     fn adopt(&mut self, p: Placement) -> Addr<ContainerActor> {

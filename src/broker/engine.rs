@@ -164,7 +164,9 @@ impl Broker {
         let active = placements.iter().filter(|(p, _)| !p.purge).count();
         let need = plan.members - active;
         let mut placed = 0;
-        for cell in choose(&candidates, &taken, &zones, need) {
+        let chosen = choose(&candidates, &taken, &zones, need);
+        tracing::info!(instance = id, ?chosen, existing = ?taken, need, "placing members");
+        for cell in chosen {
             let Some(rec) = cells.iter().find(|c| c.name == cell) else { continue };
             let ports = CellPorts::new(&cell, parse_port_range(&rec.port_range)?, rec.capacity);
             let want = Placement {

@@ -49,8 +49,14 @@ impl Desired {
         self.by_key.remove(&keys::placement(cell, instance));
     }
 
+    /// Member name → placement, for the members that should run.
     pub fn members(&self) -> BTreeMap<String, Placement> {
-        self.by_key.values().map(|p| (p.member.clone(), p.clone())).collect()
+        self.by_key.values().filter(|p| !p.purge).map(|p| (p.member.clone(), p.clone())).collect()
+    }
+
+    /// Placements marked for removal with their data.
+    pub fn purges(&self) -> Vec<Placement> {
+        self.by_key.values().filter(|p| p.purge).cloned().collect()
     }
 }
 
@@ -76,6 +82,8 @@ pub struct Plan {
     pub ensure: Vec<String>,
     /// Containers of this cell with neither placement nor actor: remove the container, keep the data.
     pub orphans: Vec<String>,
+    /// Members to remove with their data (then their placement).
+    pub purge: Vec<Placement>,
 }
 
 pub fn plan(desired: &Desired, actors: &BTreeSet<String>, containers: &[MemberContainer]) -> Plan {
@@ -83,9 +91,11 @@ pub fn plan(desired: &Desired, actors: &BTreeSet<String>, containers: &[MemberCo
         return Plan::default();
     }
     let want = desired.members();
+    let purge = desired.purges();
+    let purging = |m: &String| purge.iter().any(|p| &p.member == m);
     Plan {
         adopt: want.values().filter(|p| !actors.contains(&p.member)).cloned().collect(),
-        retire: actors.iter().filter(|m| !want.contains_key(*m)).cloned().collect(),
+        retire: actors.iter().filter(|m| !want.contains_key(*m) && !purging(m)).cloned().collect(),
         ensure: want
             .keys()
             .filter(|m| actors.contains(*m))
@@ -94,9 +104,10 @@ pub fn plan(desired: &Desired, actors: &BTreeSet<String>, containers: &[MemberCo
             .collect(),
         orphans: containers
             .iter()
-            .filter(|c| !want.contains_key(&c.member) && !actors.contains(&c.member))
+            .filter(|c| !want.contains_key(&c.member) && !actors.contains(&c.member) && !purging(&c.member))
             .map(|c| c.name.clone())
             .collect(),
+        purge,
     }
 }
 
@@ -169,6 +180,17 @@ mod tests {
         assert_eq!(p.orphans, vec!["pgcell-cf-4-a".to_string()]);
         d.apply(&WatchEvent::Delete { key: keys::placement("a", "1"), revision: 2 });
         assert!(d.members().keys().eq(["cf-2-a"]));
+    }
+
+    #[test]
+    fn purged_members_are_neither_run_nor_orphans() {
+        let mut d = Desired::default();
+        d.apply(&WatchEvent::Snapshot { kvs: vec![], revision: 1 });
+        d.apply(&put(&Placement { purge: true, ..placement("1") }));
+        let actors: BTreeSet<String> = ["cf-1-a".to_string()].into();
+        let p = plan(&d, &actors, &[container("1", true)]);
+        assert!(p.adopt.is_empty() && p.retire.is_empty() && p.orphans.is_empty() && p.ensure.is_empty(), "{p:?}");
+        assert_eq!(p.purge.len(), 1);
     }
 
     #[test]

@@ -48,6 +48,7 @@ where
 pub struct Etcd {
     child: Option<Child>,
     pub endpoint: String,
+    peer: u16,
     dir: tempfile::TempDir,
 }
 
@@ -56,15 +57,30 @@ impl Etcd {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("127.0.0.1:{client}");
-        let mut etcd = Self { child: None, endpoint, dir };
-        etcd.spawn(peer);
+        let mut etcd = Self { child: None, endpoint, peer, dir };
+        etcd.spawn();
         etcd
     }
 
-    fn spawn(&mut self, peer: u16) {
+    /// Stops etcd (SIGKILL); its data stays for `resume`.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none());
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let peer = self.peer;
         let client_url = format!("http://{}", self.endpoint);
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
         let child = Command::new("etcd")
             .args(["--data-dir", &self.dir.path().join("data").display().to_string()])
             .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])

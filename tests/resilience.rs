@@ -1,0 +1,132 @@
+//! Daemons survive their sources failing: an agent killed and restarted keeps
+//! PostgreSQL running; an etcd restart restarts nothing; an etcd outage past
+//! the router's grace period makes it refuse, then recover.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::http::call;
+use common::*;
+
+fn start_time(url: &str) -> String {
+    psql(url, "select pg_postmaster_start_time()").unwrap()
+}
+
+#[tokio::test]
+async fn agent_kill_restart_readopts_without_restarting_postgres() {
+    let mut d = Deployment::start(2).await;
+    seed_cluster(&d, "1", &[0, 1]).await;
+    let urls = [d.superuser_url("1", d.cells[0].ports.0).await, d.superuser_url("1", d.cells[1].ports.0).await];
+    let before: Vec<String> = urls.iter().map(|u| start_time(u)).collect();
+    let containers = d.containers();
+
+    d.cells[0].kill_agent();
+    let t0 = Instant::now();
+    d.cells[0].start_agent();
+    let actors = d.cells[0].url("/debug/actors");
+    wait_for("the member re-adopted", Duration::from_secs(15), || {
+        let a = actors.clone();
+        async move {
+            let r = call("GET", &a, common::http::SEED_AUTH, None).await;
+            let adopted = r.body.as_array()?.iter().any(|x| x["kind"] == "container" && x["state"] == "running");
+            adopted.then_some(())
+        }
+    })
+    .await;
+    let took = t0.elapsed();
+    eprintln!("agent restart: member re-adopted {:.2}s after the agent started", took.as_secs_f64());
+    assert!(took < Duration::from_secs(5), "re-adoption took {took:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: Vec<String> = urls.iter().map(|u| start_time(u)).collect();
+    assert_eq!(before, after, "no PostgreSQL restarted");
+    assert_eq!(d.containers(), containers, "same containers");
+    let r = call("GET", &actors, common::http::SEED_AUTH, None).await;
+    let kinds: Vec<&str> = r.body.as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["cell", "container", "cluster"], "{}", r.text);
+    assert!(r.body[2]["state"].as_str().unwrap().contains("leader=cf-1-"), "{}", r.text);
+    let m = call("GET", &d.cells[0].url("/metrics"), common::http::SEED_AUTH, None).await;
+    assert!(m.text.contains("pgcell_cell_containers{state=\"running\"} 1"), "{}", m.text);
+    assert!(m.text.contains("pgcell_cell_clusters{role=\"master\"} 1"), "{}", m.text);
+    assert_eq!(call("GET", &d.cells[0].url("/metrics"), None, None).await.status, 401);
+}
+
+#[tokio::test]
+async fn etcd_restart_and_outage_restart_nothing_and_routers_fence_then_recover() {
+    let mut d = Deployment::start(2).await;
+    d.start_router("r1", 3000).await;
+    seed_cluster(&d, "1", &[0, 1]).await;
+    let port = d.router_port("1").await;
+    let via_router = d.superuser_url("1", port).await;
+    let direct = [d.superuser_url("1", d.cells[0].ports.0).await, d.superuser_url("1", d.cells[1].ports.0).await];
+    wait_for("the router", Duration::from_secs(10), || {
+        let ok = psql(&via_router, "select 1").ok();
+        async move { ok }
+    })
+    .await;
+    let before: Vec<String> = direct.iter().map(|u| start_time(u)).collect();
+
+    // A quick restart: nothing restarts, watches resume.
+    d.etcd.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    d.etcd.resume();
+    // A change right after etcd returns is seen by watches resumed from their revision.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let secrets = d.secrets("1").await;
+    let body = format!(r#"{{"leader":"cf-1-{}"}}"#, d.cells[0].name);
+    let switch = format!("http://127.0.0.1:{}/switchover", d.cells[0].ports.0 + 1);
+    let r = wait_for("Patroni to accept the switchover", Duration::from_secs(20), || {
+        let (u, b, pw) = (switch.clone(), body.clone(), secrets["admin"].as_str().unwrap().to_string());
+        async move { Some(call("POST", &u, Some(("admin", &pw)), Some(&b)).await).filter(|r| r.status == 200) }
+    })
+    .await;
+    assert_eq!(r.status, 200);
+    let b_port = d.cells[1].ports.0.to_string();
+    wait_for("the router to follow the switchover made after the restart", Duration::from_secs(20), || {
+        let ok = psql(&via_router, "select inet_server_port()").ok().filter(|p| *p == b_port);
+        async move { ok }
+    })
+    .await;
+    let m = call("GET", &d.routers[0].url("/metrics"), Some(("admin", ROUTER_PASSWORD)), None).await;
+    let reconnects: u64 = m
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("pgcell_watch_reconnects_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(reconnects > 0, "{}", m.text);
+    // The switchover demoted cell 0's member by design; cell 1's never restarted.
+    assert_eq!(start_time(&direct[1]), before[1], "the new primary's postmaster was not restarted");
+    wait_for("the old primary streaming", Duration::from_secs(60), || {
+        let ok = psql(&direct[1], "select count(*) from pg_stat_replication where state='streaming'")
+            .ok()
+            .filter(|n| n == "1");
+        async move { ok }
+    })
+    .await;
+    let before: Vec<String> = direct.iter().map(|u| start_time(u)).collect();
+
+    // An outage past the router's grace period (3 s here): refuses, then recovers.
+    d.etcd.stop();
+    let t0 = Instant::now();
+    wait_for("the router to refuse after its grace period", Duration::from_secs(15), || {
+        let refused = psql(&via_router, "select 1").is_err();
+        async move { refused.then_some(()) }
+    })
+    .await;
+    let fenced_after = t0.elapsed();
+    eprintln!("etcd outage: router refusing after {:.1}s (grace 3 s)", fenced_after.as_secs_f64());
+    assert!(fenced_after >= Duration::from_secs(2), "refused before the grace period: {fenced_after:?}");
+    assert!(d.routers[0].log().contains("refusing new connections"), "{}", d.routers[0].log());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    d.etcd.resume();
+    let t1 = Instant::now();
+    wait_for("the router to route again", Duration::from_secs(10), || {
+        let ok = psql(&via_router, "select 1").ok();
+        async move { ok }
+    })
+    .await;
+    eprintln!("etcd back: routing again after {:.2}s", t1.elapsed().as_secs_f64());
+    let after: Vec<String> = direct.iter().map(|u| start_time(u)).collect();
+    assert_eq!(before, after, "no PostgreSQL restarted by the outage");
+}
