@@ -84,6 +84,8 @@ impl MemberConfig<'_> {
                     "password_encryption": "scram-sha-256",
                 },
                 "pg_hba": password_hba,
+                // A new replica must not wait for a spread checkpoint (minutes) on the primary.
+                "basebackup": [{"checkpoint": "fast"}],
             },
             "tags": {"nofailover": false, "noloadbalance": false, "clonefrom": false, "nosync": false},
         })
