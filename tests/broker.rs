@@ -418,11 +418,11 @@ async fn two_brokers_provisioning_at_once_never_share_a_cell_or_port() {
     let mut puts = vec![];
     for i in 0..3 {
         let url = format!("{}/v2/service_instances/r{i}?accepts_incomplete=true", if i % 2 == 0 { &b1 } else { &b2 });
-        puts.push(tokio::spawn(async move { osb("PUT", &url, Some(&provision_body("ha-3", json!({})))).await.status }));
+        puts.push(tokio::spawn(async move { osb("PUT", &url, Some(&provision_body("ha-2", json!({})))).await.status }));
         // The same instance through the other broker at the same moment.
         let other = format!("{}/v2/service_instances/r{i}?accepts_incomplete=true", if i % 2 == 0 { &b2 } else { &b1 });
         puts.push(tokio::spawn(
-            async move { osb("PUT", &other, Some(&provision_body("ha-3", json!({})))).await.status },
+            async move { osb("PUT", &other, Some(&provision_body("ha-2", json!({})))).await.status },
         ));
     }
     for p in puts {

@@ -1,0 +1,430 @@
+//! pgcell on this machine, for real: etcd, three cells, a router and a broker,
+//! then the seed's walkthrough through the broker: provision an HA instance,
+//! bind, write through the router, lose the leader's cell, watch the failover,
+//! bring the cell back and watch it rejoin; a summary at the end.
+//!
+//! `cargo run --example local-cluster [-- --keep-running --endpoints-file F --short]`
+//! (after `scripts/setup.sh`, which installs etcd and builds the image).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+const BROKER_USER: &str = "broker";
+const CELL_PORTS: [&str; 3] = ["30000-30099", "30100-30199", "30200-30299"];
+const ROUTER_PORTS: &str = "40000-40999";
+
+struct Args {
+    keep_running: bool,
+    endpoints_file: Option<PathBuf>,
+    short: bool,
+    etcd: Option<String>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args { keep_running: false, endpoints_file: None, short: false, etcd: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--keep-running" => a.keep_running = true,
+            "--short" => a.short = true,
+            "--endpoints-file" => a.endpoints_file = Some(it.next().context("--endpoints-file needs a path")?.into()),
+            "--etcd" => a.etcd = Some(it.next().context("--etcd needs endpoints")?),
+            "-h" | "--help" => {
+                println!(
+                    "local-cluster: run pgcell locally (etcd, 3 cells, router, broker) and walk through it\n\n\
+                     --keep-running         leave it running (Ctrl-C stops and removes everything)\n\
+                     --endpoints-file PATH  with --keep-running: write the endpoints as JSON there\n\
+                     --short                a shorter walkthrough (no rejoin wait)\n\
+                     --etcd ENDPOINTS       use this etcd instead of starting one"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (see --help)"),
+        }
+    }
+    Ok(a)
+}
+
+/// Everything the demo started; stopped and removed on drop, even on error or Ctrl-C.
+struct Deployment {
+    id: String,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    etcd: String,
+    etcd_child: Option<Child>,
+    cells: Vec<(String, u16, Option<Child>)>,
+    others: Vec<Child>,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let children = self
+            .cells
+            .iter_mut()
+            .filter_map(|c| c.2.as_mut())
+            .chain(self.others.iter_mut())
+            .chain(self.etcd_child.as_mut());
+        for c in children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let filter = format!("label=org.pgcell.deployment={}", self.id);
+        if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
+            }
+        }
+        say(&format!("stopped everything and removed {} (containers, data)", self.dir.path().display()));
+    }
+}
+
+fn say(s: &str) {
+    println!("==> {s}");
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Deployment {
+    fn spawn(&self, name: &str, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Child> {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))?;
+        Command::new(&self.bin)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("PGCELL_ETCD_ENDPOINTS", &self.etcd)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))
+    }
+
+    fn start_cell(&mut self, i: usize) -> anyhow::Result<()> {
+        let (name, api, _) = &self.cells[i];
+        let env = [
+            ("PGCELL_CELL_NAME", name.clone()),
+            ("PGCELL_DEPLOYMENT", self.id.clone()),
+            ("PGCELL_API_LISTEN", format!("127.0.0.1:{api}")),
+            ("PGCELL_PORT_RANGE", CELL_PORTS[i].to_string()),
+            ("PGCELL_ROUTER_PORT_RANGE", ROUTER_PORTS.to_string()),
+            ("PGCELL_DATA_ROOT", self.dir.path().join(name).display().to_string()),
+            ("PGCELL_MEMORY_MB", "512".to_string()),
+        ];
+        let child = self.spawn(&name.clone(), &["cell"], &env)?;
+        self.cells[i].2 = Some(child);
+        Ok(())
+    }
+
+    /// A lost cell: its agent and its containers killed at once.
+    fn kill_cell(&mut self, i: usize) {
+        if let Some(mut c) = self.cells[i].2.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let filter = format!("label=org.pgcell.cell={}", self.cells[i].0);
+        if let Ok(out) = Command::new("docker").args(["ps", "-q", "--filter", &filter]).output() {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").arg("kill").args(&ids).output();
+            }
+        }
+    }
+
+    fn pgcell(&self, args: &[&str]) -> String {
+        Command::new(&self.bin)
+            .args(args)
+            .env("PGCELL_ETCD_ENDPOINTS", &self.etcd)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Builds the `pgcell` binary (same profile as this example) and returns its path.
+fn build_pgcell() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let profile_dir = me.parent().and_then(|p| p.parent()).context("cannot locate the target directory")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "--bin", "pgcell"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    say("building the pgcell binary");
+    anyhow::ensure!(cmd.status()?.success(), "cargo build --bin pgcell failed");
+    Ok(profile_dir.join("pgcell"))
+}
+
+async fn wait_http(url: &str, what: &str) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    bail!("{what} did not come up (its log is in the deployment directory)")
+}
+
+async fn osb(method: &str, url: &str, password: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    let mut req = reqwest::Client::new()
+        .request(method.parse()?, url)
+        .basic_auth(BROKER_USER, Some(password))
+        .header("X-Broker-API-Version", "2.17");
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await.unwrap_or(Value::Null)))
+}
+
+fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([url, "-X", "-tA", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let bin = build_pgcell()?;
+    let image_ok =
+        Command::new("docker").args(["image", "inspect", "pgcell/postgres:latest"]).output()?.status.success();
+    if !image_ok {
+        say("building the PostgreSQL image (about 2 minutes)");
+        anyhow::ensure!(Command::new("deploy/image/build.sh").status()?.success(), "image build failed");
+    }
+    let dir = tempfile::Builder::new().prefix("pgcell-local-").tempdir()?;
+    let id = format!("local-{}", std::process::id());
+    let mut d = Deployment { id, dir, bin, etcd: String::new(), etcd_child: None, cells: vec![], others: vec![] };
+
+    // etcd
+    match &args.etcd {
+        Some(e) => d.etcd = e.clone(),
+        None => {
+            let (client, peer) = (free_port()?, free_port()?);
+            d.etcd = format!("127.0.0.1:{client}");
+            let (c, p) = (format!("http://{}", d.etcd), format!("http://127.0.0.1:{peer}"));
+            let log = std::fs::File::create(d.dir.path().join("etcd.log"))?;
+            let child = Command::new("etcd")
+                .args(["--data-dir", &d.dir.path().join("etcd").display().to_string()])
+                .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+                .args([
+                    "--listen-peer-urls",
+                    &p,
+                    "--initial-advertise-peer-urls",
+                    &p,
+                    "--initial-cluster",
+                    &format!("default={p}"),
+                ])
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("cannot start etcd (run scripts/setup.sh)")?;
+            d.etcd_child = Some(child);
+            say(&format!("etcd on {}", d.etcd));
+        }
+    }
+
+    // cells, router, broker
+    for i in 0..3 {
+        d.cells.push((format!("cell-{}", i + 1), free_port()?, None));
+        d.start_cell(i)?;
+    }
+    for (name, api, _) in &d.cells {
+        wait_http(&format!("http://127.0.0.1:{api}/healthz"), name).await?;
+        say(&format!("{name} up: per-cell API http://127.0.0.1:{api}"));
+    }
+    let router_http = free_port()?;
+    let router_password = pgcell::secret::random_password(24);
+    let router = d.spawn(
+        "router",
+        &["router"],
+        &[("PGCELL_HTTP_LISTEN", format!("127.0.0.1:{router_http}")), ("PGCELL_PASSWORD", router_password.clone())],
+    )?;
+    d.others.push(router);
+    wait_http(&format!("http://127.0.0.1:{router_http}/healthz"), "router").await?;
+    say(&format!("router up: instance ports {ROUTER_PORTS} on 127.0.0.1"));
+    let broker_port = free_port()?;
+    let broker_password = pgcell::secret::random_password(24);
+    let broker = d.spawn(
+        "broker",
+        &["broker"],
+        &[
+            ("PGCELL_BROKER_LISTEN", format!("127.0.0.1:{broker_port}")),
+            ("PGCELL_PASSWORD", broker_password.clone()),
+            ("PGCELL_ROUTER_PORT_RANGE", ROUTER_PORTS.to_string()),
+        ],
+    )?;
+    d.others.push(broker);
+    let broker_url = format!("http://127.0.0.1:{broker_port}");
+    wait_http(&format!("{broker_url}/healthz"), "broker").await?;
+    say(&format!("broker up: {broker_url} (user {BROKER_USER})"));
+
+    if args.keep_running {
+        let endpoints = json!({
+            "broker": {"url": broker_url, "username": BROKER_USER, "password": broker_password},
+            "etcd": [d.etcd],
+            "cells": d.cells.iter().map(|(n, api, _)| json!({"name": n, "api_url": format!("http://127.0.0.1:{api}")})).collect::<Vec<_>>(),
+            "routers": [{"host": "127.0.0.1", "http": format!("http://127.0.0.1:{router_http}"), "username": "admin", "password": router_password}],
+            "directory": d.dir.path(),
+        });
+        if let Some(path) = &args.endpoints_file {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&endpoints)?)?;
+            std::fs::rename(&tmp, path)?;
+            say(&format!("endpoints written to {}", path.display()));
+        } else {
+            println!("{}", serde_json::to_string_pretty(&endpoints)?);
+        }
+        say("running; Ctrl-C stops everything and removes its containers");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return Ok(());
+    }
+    walkthrough(&mut d, &broker_url, &broker_password, args.short).await
+}
+
+async fn walkthrough(d: &mut Deployment, broker: &str, password: &str, short: bool) -> anyhow::Result<()> {
+    let catalog = osb("GET", &format!("{broker}/v2/catalog"), password, None).await?.1;
+    let plan = catalog["services"][0]["plans"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "ha-2"))
+        .context("no ha-2 plan")?;
+    let (service_id, plan_id) = (catalog["services"][0]["id"].clone(), plan["id"].clone());
+    let inst = format!("{broker}/v2/service_instances/demo");
+
+    say("provisioning instance `demo` (plan ha-2: two members on distinct cells)");
+    let t0 = Instant::now();
+    let body = json!({"service_id": service_id, "plan_id": plan_id, "organization_guid": "org", "space_guid": "space"});
+    let (status, _) = osb("PUT", &format!("{inst}?accepts_incomplete=true"), password, Some(body)).await?;
+    anyhow::ensure!(status == 202, "provision answered {status}");
+    let mut last = String::new();
+    loop {
+        let (_, op) = osb("GET", &format!("{inst}/last_operation"), password, None).await?;
+        let desc = op["description"].as_str().unwrap_or("").to_string();
+        if desc != last {
+            println!("    {:5.1}s  {}: {desc}", t0.elapsed().as_secs_f64(), op["state"].as_str().unwrap_or("?"));
+            last = desc;
+        }
+        match op["state"].as_str() {
+            Some("succeeded") => break,
+            Some("failed") => bail!("provisioning failed: {last}"),
+            _ if t0.elapsed() > Duration::from_secs(180) => bail!("provisioning took over 3 minutes"),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    let provisioned = t0.elapsed();
+
+    say("binding: a role of its own, credentials pointing at the router");
+    let (status, bind) = osb(
+        "PUT",
+        &format!("{inst}/service_bindings/app1"),
+        password,
+        Some(json!({"service_id": service_id, "plan_id": plan_id})),
+    )
+    .await?;
+    anyhow::ensure!(status == 201, "bind answered {status}");
+    let c = &bind["credentials"];
+    let uri = c["uri"].as_str().context("no uri")?.to_string();
+    println!(
+        "    hostname {}  port {}  name {}  username {}  password <hidden>",
+        c["hostname"], c["port"], c["name"], c["username"]
+    );
+
+    say("writing through the router");
+    psql(&uri, "create table demo(id int primary key, at timestamptz default now())").map_err(anyhow::Error::msg)?;
+    let mut acked: usize = 0;
+    for i in 1..=if short { 10 } else { 100 } {
+        psql(&uri, &format!("insert into demo(id) values ({i})")).map_err(anyhow::Error::msg)?;
+        acked += 1;
+    }
+    println!("    {acked} rows written");
+    println!("    pgcell leaders:  {}", d.pgcell(&["leaders"]).trim());
+    println!("    pgcell states:   {}", d.pgcell(&["states"]).trim());
+
+    let leader = d.pgcell(&["leaders"]);
+    let leader_port: u16 = leader.split_whitespace().nth(3).and_then(|p| p.parse().ok()).context("no leader")?;
+    let idx = CELL_PORTS
+        .iter()
+        .position(|r| {
+            r.split_once('-')
+                .is_some_and(|(a, b)| (a.parse().unwrap_or(0)..=b.parse().unwrap_or(0)).contains(&leader_port))
+        })
+        .context("leader on no known cell")?;
+    let lost = d.cells[idx].0.clone();
+    say(&format!("losing the leader's cell {lost}: its agent and containers killed"));
+    d.kill_cell(idx);
+    let t1 = Instant::now();
+    let mut n = acked;
+    loop {
+        n += 1;
+        if psql(&uri, &format!("insert into demo(id) values ({n})")).is_ok() {
+            acked += 1;
+            break;
+        }
+        println!("    {:5.1}s  {}", t1.elapsed().as_secs_f64(), d.pgcell(&["states"]).trim());
+        anyhow::ensure!(t1.elapsed() < Duration::from_secs(60), "no failover within a minute");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let failover = t1.elapsed();
+    println!("    first write on the new primary after {:.1}s", failover.as_secs_f64());
+    println!("    pgcell leaders:  {}", d.pgcell(&["leaders"]).trim());
+
+    say(&format!("starting {lost} again"));
+    d.start_cell(idx)?;
+    let t2 = Instant::now();
+    let rejoin = if short {
+        None
+    } else {
+        loop {
+            let states = d.pgcell(&["states"]);
+            if states.matches("/running/").count() == 2 && states.contains("replica/running") {
+                println!("    {}", states.trim());
+                break Some(t2.elapsed());
+            }
+            anyhow::ensure!(
+                t2.elapsed() < Duration::from_secs(120),
+                "the member did not rejoin within 2 minutes: {states}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let rows: usize = psql(&uri, "select count(*) from demo").map_err(anyhow::Error::msg)?.parse()?;
+
+    println!();
+    println!("summary");
+    println!(
+        "  {:<44} {:>10}",
+        "provision ha-2 to usable through the router",
+        format!("{:.1} s", provisioned.as_secs_f64())
+    );
+    println!("  {:<44} {:>10}", "leader's cell lost to first write", format!("{:.1} s", failover.as_secs_f64()));
+    match rejoin {
+        Some(r) => {
+            println!("  {:<44} {:>10}", "cell back to member running as replica", format!("{:.1} s", r.as_secs_f64()))
+        }
+        None => println!("  {:<44} {:>10}", "cell back to member running as replica", "skipped"),
+    }
+    println!("  {:<44} {:>10}", "writes acknowledged", acked);
+    println!("  {:<44} {:>10}", "rows on the primary", rows);
+    println!("  {:<44} {:>10}", "acknowledged writes lost", acked.saturating_sub(rows));
+    anyhow::ensure!(rows >= acked, "acknowledged writes were lost");
+    Ok(())
+}
