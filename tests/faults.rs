@@ -153,3 +153,64 @@ async fn hung_leader_is_replaced_and_demotes_itself_when_it_returns() {
     assert_eq!(psql(&url, "select inet_server_port()").unwrap(), d.cells[1].ports.0.to_string());
     assert_eq!(d.leader("1").await, Some(format!("cf-1-{}", d.cells[1].name)));
 }
+
+/// Whether all `n` members run and the leader's `/sync` names a standby.
+async fn healthy(d: &Deployment, n: usize) -> bool {
+    let Some(leader) = d.leader("1").await else { return false };
+    let cell = d.cell_of("1", &leader);
+    let url = d.superuser_url("1", d.cells[cell].ports.0).await;
+    let streaming = psql(&url, "select count(*) from pg_stat_replication where state = 'streaming'").ok();
+    let sync = psql(&url, "select count(*) from pg_stat_replication where sync_state = 'sync'").ok();
+    streaming == Some((n - 1).to_string()) && sync == Some("1".into())
+}
+
+#[tokio::test]
+async fn no_acknowledged_write_is_lost_when_leader_cells_die() {
+    let mut d = Deployment::start(3).await;
+    d.start_router("r1", 8000).await;
+    seed_cluster(&d, "1", &[0, 1, 2]).await;
+    let url = d.superuser_url("1", d.router_port("1").await).await;
+    psql(&url, "create table acked(id int primary key)").unwrap();
+
+    // A writer through the router, recording every commit it was told succeeded.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (url.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut acked, mut failed) = (vec![], 0u32);
+            let mut id = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                id += 1;
+                match psql(&url, &format!("insert into acked values ({id})")) {
+                    Ok(_) => acked.push(id),
+                    Err(_) => failed += 1,
+                }
+            }
+            (acked, failed)
+        })
+    };
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let leader = d.leader("1").await.unwrap();
+        let cell = d.cell_of("1", &leader);
+        eprintln!("round {round}: killing cell {} (leader {leader})", d.cells[cell].name);
+        d.cells[cell].kill_cell();
+        wait_for("a new leader", Duration::from_secs(40), || async { d.leader("1").await.filter(|l| *l != leader) })
+            .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        d.cells[cell].start_agent();
+        wait_for("the cluster healthy again", Duration::from_secs(120), || async {
+            healthy(&d, 3).await.then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, failed) = writer.join().unwrap();
+    let present: std::collections::HashSet<i32> =
+        psql(&url, "select id from acked").unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let lost: Vec<&i32> = acked.iter().filter(|i| !present.contains(i)).collect();
+    eprintln!("durability: acknowledged {}, failed {failed}, lost {}", acked.len(), lost.len());
+    assert!(acked.len() > 50, "the writer barely wrote: {}", acked.len());
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}

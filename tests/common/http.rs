@@ -37,9 +37,13 @@ pub async fn osb_with(
     if let Some(b) = body {
         req = req.header("content-type", "application/json").body(b.to_string());
     }
-    let resp = req.send().await.unwrap();
+    // Not listening (yet): status 0, so waits can retry.
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Resp { status: 0, body: Value::Null, text: e.to_string() },
+    };
     let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
+    let text = resp.text().await.unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     Resp { status, body, text }
 }
