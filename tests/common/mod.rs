@@ -521,7 +521,7 @@ pub async fn seed_cluster(d: &Deployment, id: &str, cells: &[usize]) {
     .await;
     if want > 0 {
         // Synchronous mode: only the standby Patroni names in `/sync` may be promoted.
-        wait_for("a synchronous standby", Duration::from_secs(30), || async {
+        wait_for("a synchronous standby", Duration::from_secs(90), || async {
             let mut c = d.etcd.client().await;
             let resp = c.get(format!("/service/cf-{id}/sync"), None).await.ok()?;
             let v: serde_json::Value = serde_json::from_slice(resp.kvs().first()?.value()).ok()?;
