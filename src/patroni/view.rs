@@ -54,6 +54,8 @@ pub fn parse_conn_url(url: &str) -> Option<(String, u16)> {
 pub struct ClusterView {
     pub scope: String,
     pub leader: Option<String>,
+    /// The standby Patroni's `/sync` key names: the only one it may promote in synchronous mode.
+    pub sync_standby: Option<String>,
     pub members: BTreeMap<String, MemberStatus>,
 }
 
@@ -66,6 +68,10 @@ impl ClusterView {
     pub fn apply(&mut self, rel_key: &str, value: Option<&[u8]>) {
         if rel_key == "leader" {
             self.leader = value.map(|v| String::from_utf8_lossy(v).into_owned());
+        } else if rel_key == "sync" {
+            self.sync_standby = value
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+                .and_then(|v| v["sync_standby"].as_str().map(String::from));
         } else if let Some(name) = rel_key.strip_prefix("members/") {
             match value.and_then(|v| MemberStatus::parse(name, v)) {
                 Some(m) => {
@@ -129,6 +135,12 @@ mod tests {
         assert_eq!(v.primary().unwrap().host, "127.0.0.1");
         assert_eq!(v.members["b"].role, "replica");
         assert!(views["cf-2"].primary().is_none());
+        assert_eq!(v.sync_standby, None);
+        let mut v = v.clone();
+        v.apply("sync", Some(br#"{"leader":"a","sync_standby":"b"}"#));
+        assert_eq!(v.sync_standby.as_deref(), Some("b"));
+        v.apply("sync", Some(br#"{"leader":"a","sync_standby":null}"#));
+        assert_eq!(v.sync_standby, None);
     }
 
     #[test]
