@@ -5,24 +5,30 @@
 # and pass/fail against the targets: router >= 0.90x direct TPS at 1 and 32
 # clients, router >= haproxy TPS.
 #
+# Exit status: 0 all targets met, 1 a target missed, 2 the benchmark could not run.
+#
 # Starts its own etcd, one cell agent, one router and haproxy (release binary,
 # loopback only) and removes all of it on exit, even on failure.
 #
-#   bench/router-pgbench.sh                 # 15 s per pgbench run
+#   bench/router-pgbench.sh                 # 15 s per target and client count
 #   BENCH_SECONDS=30 bench/router-pgbench.sh
 #
-# Env: BENCH_SECONDS (15), BENCH_SCALE (10), CARGO_TARGET_DIR (/var/tmp/pgcell-target),
-# PGCELL_BIN (skip the build and use this binary).
+# Env: BENCH_SECONDS (15: per target and client count, split into BENCH_ROUNDS
+# interleaved rounds, default 3), BENCH_SCALE (10), CARGO_TARGET_DIR
+# (/var/tmp/pgcell-target), PGCELL_BIN (skip the build and use this binary).
+# The router inherits the environment, so e.g. PGCELL_DATA_THREADS=1 applies to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_PER_RUN="${BENCH_SECONDS:-15}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+ROUND_SECONDS=$(((SECONDS_PER_RUN + ROUNDS - 1) / ROUNDS))
 SCALE="${BENCH_SCALE:-10}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgcell-target}"
 
 log() { echo "router-pgbench: $*" >&2; }
 DIED=0
-die() { log "FAILED: $*"; DIED=1; exit 1; }
+die() { log "FAILED: $*"; DIED=1; exit 2; }
 
 for tool in etcd etcdctl psql pgbench haproxy docker curl ss; do
   command -v "$tool" >/dev/null || die "$tool is not installed (scripts/setup.sh)"
@@ -35,6 +41,7 @@ if [ -z "${PGCELL_BIN:-}" ]; then
 fi
 [ -x "$PGCELL_BIN" ] || die "no binary at $PGCELL_BIN"
 
+START="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 DEPLOYMENT="bench$$-$RANDOM"
 TMP="$(mktemp -d /tmp/pgcell-bench.XXXXXX)"
 PIDS=()
@@ -58,7 +65,7 @@ cleanup() {
   fi
   if [ "$DIED" = 1 ] && [ -d "$TMP" ]; then
     for f in "$TMP"/*.log; do
-      [ -f "$f" ] && { echo "--- $f (tail) ---" >&2; tail -n 30 "$f" >&2; }
+      if [ -f "$f" ]; then echo "--- $f (tail) ---" >&2; tail -n 30 "$f" >&2; fi
     done
   fi
   rm -rf "$TMP"
@@ -175,7 +182,8 @@ listen pg
 EOF
 log "starting haproxy on 127.0.0.1:$HAPROXY_PORT"
 haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
-PIDS+=($!)
+HAPROXY_PID=$!
+PIDS+=("$HAPROXY_PID")
 wait_until "haproxy" 10 writable "$HAPROXY_PORT"
 
 log "pgbench -i -s $SCALE"
@@ -183,35 +191,65 @@ pgbench -h 127.0.0.1 -p "$PG_PORT" -i -s "$SCALE" -q >"$TMP/init.log" 2>&1 || di
 # Warm the cache so the first measured target is not penalised.
 pgbench -h 127.0.0.1 -p "$PG_PORT" -S -n -c 2 -j 2 -T 3 >/dev/null 2>&1 || true
 
-declare -A TPS LAT
-run() { # target port clients threads
-  local target="$1" port="$2" c="$3" j="$4" out
-  log "pgbench -S -c $c -j $j -T $SECONDS_PER_RUN via $target (port $port)"
-  out="$(pgbench -h 127.0.0.1 -p "$port" -S -n -c "$c" -j "$j" -T "$SECONDS_PER_RUN" 2>&1)" \
+# CPU time (user + system) of a process, in clock ticks.
+cpu_ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+# Each target gets BENCH_SECONDS per client count, in BENCH_ROUNDS interleaved
+# rounds (target order rotated each round), so load from anything else on the
+# machine falls on the three targets alike.
+declare -A TPSSUM LATSUM NTX TICKS
+run() { # target port clients threads proxy-pid
+  local target="$1" port="$2" c="$3" j="$4" pid="${5:-}" out t0=0 t1=0 n tps lat
+  if [ -n "$pid" ]; then t0="$(cpu_ticks "$pid")"; fi
+  out="$(pgbench -h 127.0.0.1 -p "$port" -S -n -c "$c" -j "$j" -T "$ROUND_SECONDS" 2>&1)" \
     || die "pgbench via $target: $out"
-  TPS[$target,$c]="$(awk '/^tps = /{print $3; exit}' <<<"$out")"
-  LAT[$target,$c]="$(awk '/^latency average = /{print $4; exit}' <<<"$out")"
+  if [ -n "$pid" ]; then t1="$(cpu_ticks "$pid")"; fi
+  tps="$(awk '/^tps = /{print $3; exit}' <<<"$out")"
+  lat="$(awk '/^latency average = /{print $4; exit}' <<<"$out")"
+  n="$(awk '/^number of transactions actually processed: /{print $6; exit}' <<<"$out")"
+  log "  $target, $c client(s): $tps tps, $lat ms"
+  TPSSUM[$target,$c]="$(awk -v a="${TPSSUM[$target,$c]:-0}" -v b="$tps" 'BEGIN{print a + b}')"
+  LATSUM[$target,$c]="$(awk -v a="${LATSUM[$target,$c]:-0}" -v b="$lat" -v n="$n" 'BEGIN{print a + b * n}')"
+  NTX[$target,$c]=$((${NTX[$target,$c]:-0} + n))
+  TICKS[$target,$c]=$((${TICKS[$target,$c]:-0} + t1 - t0))
 }
+declare -A TPS LAT CPU
+TARGETS=(direct router haproxy)
 for c in 1 32; do
-  j=1; [ "$c" -gt 1 ] && j=2
-  for target in direct router haproxy; do
-    case "$target" in
-      direct) port="$PG_PORT" ;;
-      router) port="$ROUTER_PORT" ;;
-      haproxy) port="$HAPROXY_PORT" ;;
-    esac
-    run "$target" "$port" "$c" "$j"
+  if [ "$c" -gt 1 ]; then j=2; else j=1; fi
+  for ((round = 0; round < ROUNDS; round++)); do
+    log "pgbench -S -c $c -j $j -T $ROUND_SECONDS, round $((round + 1))/$ROUNDS"
+    for ((k = 0; k < 3; k++)); do
+      target="${TARGETS[$(((round + k) % 3))]}"
+      case "$target" in
+        direct) port="$PG_PORT"; pid="" ;;
+        router) port="$ROUTER_PORT"; pid="$ROUTER_PID" ;;
+        haproxy) port="$HAPROXY_PORT"; pid="$HAPROXY_PID" ;;
+      esac
+      run "$target" "$port" "$c" "$j" "$pid"
+    done
+  done
+  for target in "${TARGETS[@]}"; do
+    TPS[$target,$c]="$(awk -v a="${TPSSUM[$target,$c]}" -v r="$ROUNDS" 'BEGIN{print a / r}')"
+    LAT[$target,$c]="$(awk -v a="${LATSUM[$target,$c]}" -v n="${NTX[$target,$c]}" 'BEGIN{print a / n}')"
+    CPU[$target,$c]="-"
+    if [ "$target" != direct ]; then
+      CPU[$target,$c]="$(awk -v d="${TICKS[$target,$c]}" -v us="$TICK_US" -v n="${NTX[$target,$c]}" \
+        'BEGIN{printf "%.1f", d * us / n}')"
+    fi
   done
 done
 
 ROUTER_RSS="$(awk '/^VmRSS/{print $2, $3}' "/proc/$ROUTER_PID/status" 2>/dev/null || echo '?')"
 
-echo "router-pgbench: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, pgbench -S, scale $SCALE, ${SECONDS_PER_RUN}s per run"
-printf '%-8s %7s %10s %16s %10s\n' target clients TPS "mean lat (ms)" "vs direct"
+echo "router-pgbench: started $START, $(nproc) cores, load average at the end $(cut -d' ' -f1-3 /proc/loadavg)," \
+  "pgbench -S, scale $SCALE, $ROUNDS interleaved rounds of ${ROUND_SECONDS}s per target"
+printf '%-8s %7s %10s %14s %10s %16s\n' target clients TPS "mean lat (ms)" "vs direct" "proxy CPU us/tx"
 for c in 1 32; do
   for target in direct router haproxy; do
-    printf '%-8s %7s %10.0f %16.3f %9.3fx\n' "$target" "$c" "${TPS[$target,$c]}" "${LAT[$target,$c]}" \
-      "$(awk -v a="${TPS[$target,$c]}" -v b="${TPS[direct,$c]}" 'BEGIN{print a/b}')"
+    printf '%-8s %7s %10.0f %14.3f %9.3fx %16s\n' "$target" "$c" "${TPS[$target,$c]}" "${LAT[$target,$c]}" \
+      "$(awk -v a="${TPS[$target,$c]}" -v b="${TPS[direct,$c]}" 'BEGIN{print a/b}')" "${CPU[$target,$c]}"
   done
 done
 echo "router RSS after the runs: $ROUTER_RSS"
