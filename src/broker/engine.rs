@@ -108,8 +108,15 @@ impl Broker {
             }
         };
         let replicas = plan.members - 1;
-        let streaming = match streaming_replicas(&host, port, &secrets.superuser).await {
-            Ok(n) => n,
+        let members: Vec<&str> = active.iter().map(|p| p.member.as_str()).collect();
+        let streaming = match streaming_members(&host, port, &secrets.superuser).await {
+            // A base backup's WAL stream shows as `streaming` too: count only members
+            // that Patroni reports running as replicas.
+            Ok(names) => names
+                .iter()
+                .filter(|n| members.contains(&n.as_str()))
+                .filter(|n| view.members.get(n.as_str()).is_some_and(|m| m.state == "running"))
+                .count(),
             Err(e) => {
                 tracing::debug!(instance = id, error = %format!("{e:#}"), "not reachable through the router yet");
                 return self
@@ -120,6 +127,15 @@ impl Broker {
         if streaming < replicas {
             return self
                 .report(op, &format!("leader running on {leader_cell}, {streaming} of {replicas} replicas streaming"))
+                .await;
+        }
+        if replicas > 0 && !view.sync_standby.as_deref().is_some_and(|s| members.contains(&s)) {
+            // Until Patroni names a synchronous standby, no replica may be promoted: not HA yet.
+            return self
+                .report(
+                    op,
+                    &format!("leader running on {leader_cell}, replicas streaming; waiting for a synchronous standby"),
+                )
                 .await;
         }
         sql::setup_instance(&host, port, &secrets.superuser, &spec.parameters.extensions).await?;
@@ -217,10 +233,11 @@ impl Broker {
     }
 }
 
-async fn streaming_replicas(host: &str, port: u16, password: &str) -> anyhow::Result<usize> {
+/// `application_name`s streaming from the primary (Patroni sets them to member names).
+async fn streaming_members(host: &str, port: u16, password: &str) -> anyhow::Result<Vec<String>> {
     let c = sql::connect(host, port, password, "postgres").await?;
-    let row = c.query_one("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", &[]).await?;
-    Ok(row.get::<_, i64>(0) as usize)
+    let rows = c.query("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'", &[]).await?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
 /// `/pgcell/instances/<id>/driving`, on a short lease: whoever holds it drives.
