@@ -7,7 +7,8 @@
 # target is missed, 2 when a benchmark could not run. See docs/bench-router.md.
 #
 # Env: as bench/router-pgbench.sh (BENCH_SECONDS, BENCH_ROUNDS, BENCH_SCALE,
-# CARGO_TARGET_DIR, default /var/tmp/pgcell-target).
+# CARGO_TARGET_DIR, default /var/tmp/pgcell-target); BENCH_COMMIT names the commit
+# in the results when this is not run from a git checkout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgcell-target}"
@@ -17,8 +18,8 @@ echo "bench/router.sh: building the release binary and the example" >&2
 cargo build --release --quiet --bins --example router_bench >&2 || exit 2
 export PGCELL_BIN="${PGCELL_BIN:-$CARGO_TARGET_DIR/release/pgcell}"
 
-commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if ! git diff --quiet HEAD -- src 2>/dev/null; then commit="$commit (src modified)"; fi
+commit="${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet HEAD -- src; then commit="$commit (src modified)"; fi
 cpu="$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)"
 
 {
