@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in protoc:protobuf-compiler etcd:etcd-server etcdctl:etcd-client debootstrap:debootstrap \
-            psql:postgresql-client pgbench:postgresql-client haproxy:haproxy curl:curl ruby:ruby; do
+            psql:postgresql-client pgbench:postgresql-client haproxy:haproxy curl:curl ruby:ruby socat:socat; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

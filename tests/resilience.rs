@@ -130,3 +130,83 @@ async fn etcd_restart_and_outage_restart_nothing_and_routers_fence_then_recover(
     let after: Vec<String> = direct.iter().map(|u| start_time(u)).collect();
     assert_eq!(before, after, "no PostgreSQL restarted by the outage");
 }
+
+/// A proxy of the Docker socket, in its own process group so that stopping it
+/// also cuts the connections it already forked for.
+struct DockerProxy {
+    socket: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl DockerProxy {
+    fn start(socket: &std::path::Path) -> Self {
+        let _ = std::fs::remove_file(socket);
+        let child = std::process::Command::new("setsid")
+            .args(["socat", &format!("UNIX-LISTEN:{},fork", socket.display()), "UNIX-CONNECT:/var/run/docker.sock"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("socat (scripts/setup.sh installs it)");
+        let t0 = Instant::now();
+        while !socket.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "socat did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { socket: socket.into(), child: Some(child) }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{}", c.id())]).output();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn docker_event_stream_comes_back_and_relists_what_it_missed() {
+    let mut d = Deployment::start(0).await;
+    let socket = d.tmp.path().join("docker.sock");
+    let mut proxy = DockerProxy::start(&socket);
+    let name = format!("{}-c0", d.id);
+    d.add_cell_with_env(&name, &[("DOCKER_HOST", format!("unix://{}", socket.display()))]).await;
+    seed_cluster(&d, "1", &[0]).await;
+    let container = format!("pgcell-cf-1-{name}");
+
+    // The engine goes away; meanwhile the member dies: the agent cannot see that event.
+    proxy.stop();
+    assert!(std::process::Command::new("docker").args(["kill", &container]).output().unwrap().status.success());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut proxy = DockerProxy::start(&socket);
+    let t0 = Instant::now();
+    wait_for("the member started again after the stream came back", Duration::from_secs(30), || async {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", &container])
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout).trim() == "true").then_some(())
+    })
+    .await;
+    eprintln!("docker stream back: member running again {:.1}s after the engine returned", t0.elapsed().as_secs_f64());
+    let log = d.cells[0].log();
+    assert!(log.contains("docker event stream ended; resubscribing"), "{log}");
+    let m = call("GET", &d.cells[0].url("/metrics"), common::http::SEED_AUTH, None).await;
+    assert!(!m.text.contains("pgcell_docker_event_reconnects_total 0"), "{}", m.text);
+    // And events flow again: a later death is seen at once.
+    assert!(std::process::Command::new("docker").args(["kill", &container]).output().unwrap().status.success());
+    wait_for("the member restarted after a death seen as an event", Duration::from_secs(20), || async {
+        let died = d.cells[0].log().matches("member container died; starting it again").count();
+        (died >= 1).then_some(())
+    })
+    .await;
+    proxy.stop();
+}

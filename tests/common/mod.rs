@@ -265,6 +265,11 @@ impl Deployment {
     }
 
     pub async fn add_cell(&mut self, name: &str) -> usize {
+        self.add_cell_with_env(name, &[]).await
+    }
+
+    /// A cell with extra environment (e.g. `DOCKER_HOST`).
+    pub async fn add_cell_with_env(&mut self, name: &str, extra: &[(&str, String)]) -> usize {
         let api_port = free_port();
         let ports = port_block();
         let data_root = self.tmp.path().join(name);
@@ -280,6 +285,7 @@ impl Deployment {
             ("PGCELL_LOG", "info,pgcell=debug".to_string()),
         ]
         .into_iter()
+        .chain(extra.iter().cloned())
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let mut cell = Cell {
