@@ -212,12 +212,22 @@ async fn update(
     if next_spec == spec && cur.state == OpState::Succeeded {
         return Ok(HttpResponse::Ok().json(json!({})));
     }
-    let op = Operation::new(OpKind::Update, "accepted: updating");
-    if !model::begin(&mut etcd, &id, &cur, &op, Some(&next_spec)).await.map_err(internal)? {
+    tracing::info!(instance = %id, plan = %next_spec.plan_id, "updating");
+    start(&b, &id, &cur, Operation::new(OpKind::Update, "accepted: updating"), Some(&next_spec)).await
+}
+
+/// Begins `op` if `cur` is still the instance's last operation, drives it once, answers 202.
+async fn start(
+    b: &Broker,
+    id: &str,
+    cur: &Operation,
+    op: Operation,
+    spec: Option<&InstanceSpec>,
+) -> Result<HttpResponse, OsbError> {
+    if !model::begin(&mut b.etcd.clone(), id, cur, &op, spec).await.map_err(internal)? {
         return Err(concurrency());
     }
-    tracing::info!(instance = %id, plan = %next_spec.plan_id, "updating");
-    let op = b.drive(&id).await.map_err(internal)?.unwrap_or(op);
+    let op = b.drive(id).await.map_err(internal)?.unwrap_or(op);
     Ok(accepted(&op))
 }
 
@@ -247,13 +257,8 @@ async fn deprovision(
     if cur.state == OpState::InProgress {
         return Err(concurrency());
     }
-    let op = Operation::new(OpKind::Deprovision, "accepted: removing members");
-    if !model::begin(&mut etcd, &id, &cur, &op, None).await.map_err(internal)? {
-        return Err(concurrency());
-    }
     tracing::info!(instance = %id, "deprovisioning");
-    let op = b.drive(&id).await.map_err(internal)?.unwrap_or(op);
-    Ok(accepted(&op))
+    start(&b, &id, &cur, Operation::new(OpKind::Deprovision, "accepted: removing members"), None).await
 }
 
 #[get("/v2/service_instances/{id}/last_operation")]

@@ -206,9 +206,9 @@ pub struct Deployment {
     pub id: String,
     pub etcd: Etcd,
     pub cells: Vec<Cell>,
-    pub routers: Vec<Router>,
-    /// Broker processes (same shape as a router: name, URL, log).
-    pub brokers: Vec<Router>,
+    pub routers: Vec<Daemon>,
+    /// Broker processes.
+    pub brokers: Vec<Daemon>,
     pub router_ports: (u16, u16),
     pub tmp: tempfile::TempDir,
 }
@@ -216,8 +216,8 @@ pub struct Deployment {
 pub const ROUTER_PASSWORD: &str = "router-test-password";
 pub const BROKER_PASSWORD: &str = "broker-test-password";
 
-/// A `pgcell router` process.
-pub struct Router {
+/// A `pgcell router` or `pgcell broker` process.
+pub struct Daemon {
     pub name: String,
     /// The address its router ports listen on.
     pub host: String,
@@ -226,7 +226,7 @@ pub struct Router {
     log: PathBuf,
 }
 
-impl Router {
+impl Daemon {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.http)
     }
@@ -308,20 +308,16 @@ impl Deployment {
         self.cells.len() - 1
     }
 
-    /// Starts a router; router i listens on 127.0.0.(i+1), so several share the ports.
-    pub async fn start_router(&mut self, name: &str, grace_ms: u64) -> usize {
+    /// Starts `pgcell <subcommand>` with `env`, its HTTP side on a free port; waits for its health.
+    async fn spawn_daemon(&self, name: &str, subcommand: &str, host: &str, env: &[(&str, String)]) -> Daemon {
         let http_port = free_port();
-        let listen_host = format!("127.0.0.{}", self.routers.len() + 1);
         let log = self.tmp.path().join(format!("{name}.log"));
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(pgcell_bin())
-            .arg("router")
-            .env("PGCELL_ROUTER_NAME", name)
+            .arg(subcommand)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("PGCELL_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
-            .env("PGCELL_PASSWORD", ROUTER_PASSWORD)
-            .env("PGCELL_GRACE_MS", grace_ms.to_string())
-            .env("PGCELL_LISTEN_HOST", &listen_host)
-            .env("PGCELL_ADVERTISE_HOST", &listen_host)
+            .env("PGCELL_BROKER_LISTEN", format!("127.0.0.1:{http_port}"))
             .env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint)
             .env("PGCELL_LOG", "info,pgcell=debug")
             .stdin(Stdio::null())
@@ -329,55 +325,47 @@ impl Deployment {
             .stderr(f)
             .spawn()
             .unwrap();
-        let router = Router {
+        let daemon = Daemon {
             name: name.into(),
             http: format!("http://127.0.0.1:{http_port}"),
-            host: listen_host,
+            host: host.into(),
             child: Some(child),
             log,
         };
-        let health = router.url("/healthz");
-        wait_for("router health", Duration::from_secs(15), || {
+        let health = daemon.url("/healthz");
+        wait_for(&format!("{name} health"), Duration::from_secs(15), || {
             let h = health.clone();
             async move { reqwest::get(&h).await.ok().filter(|r| r.status().is_success()) }
         })
         .await;
+        daemon
+    }
+
+    /// Starts a router; router i listens on 127.0.0.(i+1), so several share the ports.
+    pub async fn start_router(&mut self, name: &str, grace_ms: u64) -> usize {
+        let host = format!("127.0.0.{}", self.routers.len() + 1);
+        let env = [
+            ("PGCELL_ROUTER_NAME", name.to_string()),
+            ("PGCELL_PASSWORD", ROUTER_PASSWORD.to_string()),
+            ("PGCELL_GRACE_MS", grace_ms.to_string()),
+            ("PGCELL_LISTEN_HOST", host.clone()),
+            ("PGCELL_ADVERTISE_HOST", host.clone()),
+        ];
+        let router = self.spawn_daemon(name, "router", &host, &env).await;
         self.routers.push(router);
         self.routers.len() - 1
     }
 
     /// Starts a broker process; returns its base URL.
     pub async fn start_broker(&mut self, name: &str) -> String {
-        let port = free_port();
-        let log = self.tmp.path().join(format!("{name}.log"));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(pgcell_bin())
-            .arg("broker")
-            .env("PGCELL_BROKER_NAME", name)
-            .env("PGCELL_BROKER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PGCELL_PASSWORD", BROKER_PASSWORD)
-            .env("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1))
-            .env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint)
-            .env("PGCELL_LOG", "info,pgcell=debug")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let health = format!("{url}/healthz");
-        self.brokers.push(Router {
-            name: name.into(),
-            http: url.clone(),
-            host: "127.0.0.1".into(),
-            child: Some(child),
-            log,
-        });
-        wait_for("broker health", Duration::from_secs(15), || {
-            let h = health.clone();
-            async move { reqwest::get(&h).await.ok().filter(|r| r.status().is_success()) }
-        })
-        .await;
+        let env = [
+            ("PGCELL_BROKER_NAME", name.to_string()),
+            ("PGCELL_PASSWORD", BROKER_PASSWORD.to_string()),
+            ("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1)),
+        ];
+        let broker = self.spawn_daemon(name, "broker", "127.0.0.1", &env).await;
+        let url = broker.http.clone();
+        self.brokers.push(broker);
         url
     }
 
