@@ -7,4 +7,4 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # Integration tests start real clusters; one at a time keeps them within 2 cores.
-cargo test --all-targets -- --test-threads=1
+cargo test --all-targets --no-fail-fast -- --test-threads=1
