@@ -163,7 +163,9 @@ impl CellActor {
         });
         for scope in scopes {
             let etcd = self.deps.etcd.clone();
-            self.clusters.entry(scope.clone()).or_insert_with(|| ClusterActor::new(etcd, &scope).start());
+            self.clusters
+                .entry(scope.clone())
+                .or_insert_with(|| actix::Supervisor::start(move |_| ClusterActor::new(etcd, &scope)));
         }
     }
 

@@ -35,6 +35,16 @@ impl Actor for ClusterActor {
     }
 }
 
+/// Restarted by its `Supervisor` if it stops while the cell still follows the
+/// cluster; `started` watches again and the view is rebuilt from the first read.
+impl actix::Supervised for ClusterActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.view = ClusterView::new(&self.view.scope);
+        self.status.restarts += 1;
+        tracing::warn!(scope = %self.view.scope, "cluster actor restarted; following the cluster again");
+    }
+}
+
 impl StreamHandler<WatchEvent> for ClusterActor {
     fn handle(&mut self, ev: WatchEvent, _: &mut Context<Self>) {
         let prefix = keys::patroni_scope(&self.view.scope);

@@ -137,11 +137,15 @@ impl Actor for RouterTableActor {
         ctx.add_stream(futures::stream::select(instances, patroni));
         ctx.run_interval(Duration::from_millis(250), |act, _| act.check_grace());
     }
+}
 
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        for (_, h) in self.listeners.drain() {
-            h.abort();
-        }
+/// Restarted by its `Supervisor` if it stops: the table is rebuilt from a full
+/// read; the shared table and the listeners stay up meanwhile.
+impl actix::Supervised for RouterTableActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.routing = RoutingTable::default();
+        self.status.restarts += 1;
+        tracing::warn!("router table actor restarted; reading etcd again");
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use actix_web::{App, HttpResponse, HttpServer, get, web};
 use anyhow::Context;
 
@@ -41,15 +41,10 @@ pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> an
         .context("data path runtime")?;
     let table: Table = Arc::default();
     let stats: Arc<Stats> = Arc::default();
-    let actor = RouterTableActor::new(
-        etcd.clone(),
-        Arc::clone(&table),
-        Arc::clone(&stats),
-        cfg.listen_host.clone(),
-        data_path.handle().clone(),
-        Duration::from_millis(cfg.grace_ms),
-    )
-    .start();
+    let (etcd2, table2, stats2) = (etcd.clone(), Arc::clone(&table), Arc::clone(&stats));
+    let (host, handle, grace) =
+        (cfg.listen_host.clone(), data_path.handle().clone(), Duration::from_millis(cfg.grace_ms));
+    let actor = actix::Supervisor::start(move |_| RouterTableActor::new(etcd2, table2, stats2, host, handle, grace));
     let addr = listener.local_addr()?;
     let record = RouterRecord {
         name: cfg.name.clone(),
