@@ -214,6 +214,12 @@ run() { # target port clients threads proxy-pid
   NTX[$target,$c]=$((${NTX[$target,$c]:-0} + n))
   TICKS[$target,$c]=$((${TICKS[$target,$c]:-0} + t1 - t0))
 }
+# etcd's revision counts writes: Patroni's (its keys are the only ones changing
+# during the runs), each one an event the router handles.
+etcd_revision() {
+  ETCDCTL_API=3 etcdctl --endpoints "$ETCD" endpoint status -w json | grep -o '"revision":[0-9]*' | cut -d: -f2
+}
+REV0="$(etcd_revision)"; REV_T0=$SECONDS
 declare -A TPS LAT CPU
 TARGETS=(direct router haproxy)
 for c in 1 32; do
@@ -241,6 +247,7 @@ for c in 1 32; do
   done
 done
 
+REV1="$(etcd_revision)"; REV_T1=$SECONDS
 ROUTER_RSS="$(awk '/^VmRSS/{print $2, $3}' "/proc/$ROUTER_PID/status" 2>/dev/null || echo '?')"
 
 echo "router-pgbench: started $START, $(nproc) cores, load average at the end $(cut -d' ' -f1-3 /proc/loadavg)," \
@@ -252,7 +259,8 @@ for c in 1 32; do
       "$(awk -v a="${TPS[$target,$c]}" -v b="${TPS[direct,$c]}" 'BEGIN{print a/b}')" "${CPU[$target,$c]}"
   done
 done
-echo "router RSS after the runs: $ROUTER_RSS"
+echo "router RSS after the runs: $ROUTER_RSS; etcd writes during the runs (Patroni, one 1-member cluster):" \
+  "$(awk -v r=$((REV1 - REV0)) -v t=$((REV_T1 - REV_T0)) 'BEGIN{printf "%d in %d s = %.2f/s", r, t, r / t}')"
 
 verdict=0
 check() { # description condition(awk expr)
