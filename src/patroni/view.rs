@@ -89,9 +89,13 @@ impl ClusterView {
         self.members.get(self.leader.as_deref()?)
     }
 
-    /// The member clients should reach: named leader *and* running as the primary.
+    /// The member clients should reach: the one Patroni names leader, while it
+    /// reports `running`. Its role is not waited for: a new leader's member key
+    /// says `master` only at the end of the Patroni cycle after its promotion,
+    /// up to a `loop_wait` later; the lock already makes it the primary, and a
+    /// write that arrives while the promotion finishes fails and is retried.
     pub fn primary(&self) -> Option<&MemberStatus> {
-        self.leader_member().filter(|m| m.state == "running" && is_primary_role(&m.role))
+        self.leader_member().filter(|m| m.state == "running")
     }
 }
 
@@ -144,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn primary_needs_running_and_primary_role() {
+    fn primary_is_the_running_leader() {
         let mut v = ClusterView::new("cf-1");
         v.apply("members/a", Some(M1));
         assert!(v.primary().is_none(), "no leader key");
@@ -154,7 +158,9 @@ mod tests {
         v.apply("members/a", Some(patroni4.as_bytes()));
         assert!(v.primary().is_some(), "Patroni 4 writes primary");
         v.apply("members/a", Some(br#"{"state":"starting","role":"master"}"#));
-        assert!(v.primary().is_none());
+        assert!(v.primary().is_none(), "not running");
+        v.apply("members/a", Some(br#"{"state":"running","role":"replica"}"#));
+        assert!(v.primary().is_some(), "the lock holder, still promoting");
         v.apply("members/a", None);
         v.apply("leader", None);
         assert!(v.leader_member().is_none());

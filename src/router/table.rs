@@ -119,11 +119,12 @@ mod tests {
         assert_eq!(t.routes()[&40000].primary, None, "a running master without the leader key is no target");
         t.apply_patroni(&put("/service/cf-1/leader", "a"));
         assert_eq!(t.routes()[&40000].primary.as_deref(), Some("127.0.0.1:30000"));
-        // Switchover: b is leader, but until it reports running as primary it is no target.
+        // Switchover: b holds the lock while it promotes: the target at once.
         t.apply_patroni(&put("/service/cf-1/leader", "b"));
-        assert_eq!(t.routes()[&40000].primary, None);
-        t.apply_patroni(&put("/service/cf-1/members/b", &RUNNING_REPLICA.replace("replica", "master")));
         assert_eq!(t.routes()[&40000].primary.as_deref(), Some("127.0.0.1:30002"));
+        // A leader that is not running (stopping, crashed) is no target.
+        t.apply_patroni(&put("/service/cf-1/members/b", &RUNNING_REPLICA.replace("running", "stopped")));
+        assert_eq!(t.routes()[&40000].primary, None);
         t.apply_patroni(&WatchEvent::Delete { key: "/service/cf-1/leader".into(), revision: 9 });
         assert_eq!(t.routes()[&40000].primary, None);
         t.apply_instances(&WatchEvent::Delete { key: keys::router_port("1"), revision: 10 });
