@@ -146,8 +146,12 @@ impl Deployment {
     }
 }
 
-/// Builds the `pgcell` binary (same profile as this example) and returns its path.
+/// Builds the `pgcell` binary (same profile as this example) and returns its
+/// path; `PGCELL_BIN` names a binary to use instead (the tests set it).
 fn build_pgcell() -> anyhow::Result<PathBuf> {
+    if let Ok(bin) = std::env::var("PGCELL_BIN") {
+        return Ok(bin.into());
+    }
     let me = std::env::current_exe()?;
     let profile_dir = me.parent().and_then(|p| p.parent()).context("cannot locate the target directory")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

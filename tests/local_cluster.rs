@@ -6,25 +6,30 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::http::osb_with;
 use serde_json::{Value, json};
 
-/// The example's binary, built if `cargo test` did not build it.
-fn example() -> PathBuf {
+/// The example's binary (`cargo test --all-targets` builds it; built here otherwise).
+/// It runs with `PGCELL_BIN`, so it does not run cargo itself.
+fn example() -> Command {
     let profile = PathBuf::from(common::pgcell_bin()).parent().unwrap().to_path_buf();
     let path = profile.join("examples/local-cluster");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let ok = Command::new(cargo).args(["build", "--quiet", "--example", "local-cluster"]).status().unwrap();
-    assert!(ok.success(), "cannot build the example");
-    path
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo).args(["build", "--quiet", "--example", "local-cluster"]).status().unwrap();
+        assert!(ok.success(), "cannot build the example");
+    }
+    let mut cmd = Command::new(path);
+    cmd.env("PGCELL_BIN", common::pgcell_bin()).current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
 }
 
 #[test]
 fn short_walkthrough_prints_its_summary_and_loses_nothing() {
-    let out = Command::new(example()).arg("--short").current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+    let out = example().arg("--short").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
     println!("{stdout}");
@@ -39,17 +44,19 @@ fn short_walkthrough_prints_its_summary_and_loses_nothing() {
 async fn keep_running_serves_its_endpoints_and_ctrl_c_removes_everything() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("endpoints.json");
-    let mut child = Command::new(example())
+    let log = dir.path().join("example.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = example()
         .args(["--keep-running", "--endpoints-file", file.to_str().unwrap()])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
         .spawn()
         .unwrap();
     let t0 = Instant::now();
+    let output = || std::fs::read_to_string(&log).unwrap_or_default();
     while !file.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no endpoints file");
-        assert!(child.try_wait().unwrap().is_none(), "the example exited early");
+        assert!(t0.elapsed() < Duration::from_secs(120), "no endpoints file; the example said:\n{}", output());
+        assert!(child.try_wait().unwrap().is_none(), "the example exited early:\n{}", output());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let ep: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
