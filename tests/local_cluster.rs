@@ -40,18 +40,32 @@ fn short_walkthrough_prints_its_summary_and_loses_nothing() {
     assert!(failover.contains(" s"), "{failover}");
 }
 
+/// Stops the example if the test fails half-way (Ctrl-C, so it cleans up after itself).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[tokio::test]
 async fn keep_running_serves_its_endpoints_and_ctrl_c_removes_everything() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("endpoints.json");
     let log = dir.path().join("example.log");
     let out = std::fs::File::create(&log).unwrap();
-    let mut child = example()
+    let child = example()
         .args(["--keep-running", "--endpoints-file", file.to_str().unwrap()])
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
+    let child = &mut child.0;
     let t0 = Instant::now();
     let output = || std::fs::read_to_string(&log).unwrap_or_default();
     while !file.exists() {
