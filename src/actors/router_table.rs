@@ -16,7 +16,7 @@ use super::{ActorStatus, GetState};
 use crate::etcd::watch::{WatchEvent, watch_prefix};
 use crate::etcd::{Client, keys};
 use crate::router::proxy::{self, PortState, Stats, Table};
-use crate::router::table::{Route, RoutingTable};
+use crate::router::table::{Affected, Route, RoutingTable};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Source {
@@ -32,6 +32,8 @@ pub struct RouterTableActor {
     data_path: tokio::runtime::Handle,
     routing: RoutingTable,
     listeners: HashMap<u16, JoinHandle<()>>,
+    /// Instance → the port it is published on.
+    published: HashMap<String, u16>,
     grace: Duration,
     down_since: Option<Instant>,
     fenced: bool,
@@ -55,6 +57,7 @@ impl RouterTableActor {
             data_path,
             routing: RoutingTable::default(),
             listeners: HashMap::new(),
+            published: HashMap::new(),
             grace,
             down_since: None,
             fenced: false,
@@ -62,43 +65,65 @@ impl RouterTableActor {
         }
     }
 
-    /// Makes the shared table and the listeners match the routes.
-    fn sync(&mut self) {
-        let mut routes = self.routing.routes();
-        if self.fenced {
-            routes.values_mut().for_each(|r| r.primary = None);
-        }
+    /// Makes the shared table and the listeners match every route (after a full read).
+    fn sync_all(&mut self) {
+        let routes = self.routing.routes();
         let gone: Vec<u16> = self.table.iter().map(|e| *e.key()).filter(|p| !routes.contains_key(p)).collect();
         for port in gone {
-            // Dropping the state drops its sender: open connections see it and close.
-            self.table.remove(&port);
-            if let Some(h) = self.listeners.remove(&port) {
-                h.abort();
-            }
-            tracing::info!(port, "router port released");
+            self.remove_port(port);
         }
-        for (port, Route { instance, primary }) in routes {
-            match self.table.get(&port) {
-                Some(state) => {
-                    let changed = state.primary.send_if_modified(|cur| {
-                        let changed = *cur != primary;
-                        *cur = primary.clone();
-                        changed
-                    });
-                    if changed {
-                        self.stats.switches.fetch_add(1, Relaxed);
-                        tracing::info!(port, %instance, primary = ?primary, "route changed");
-                    }
-                }
-                None => {
-                    tracing::info!(port, %instance, primary = ?primary, "router port added");
-                    let (tx, _) = tokio::sync::watch::channel(primary);
-                    self.table.insert(port, Arc::new(PortState { instance, primary: tx }));
-                    self.listeners.insert(port, self.spawn_listener(port));
-                }
-            }
+        for (port, route) in routes {
+            self.publish(port, route);
         }
         self.status.event(format!("ports={} fenced={}", self.table.len(), self.fenced));
+    }
+
+    /// Updates one instance's route only: what most events change.
+    fn sync_instance(&mut self, id: &str) {
+        let want = self.routing.route(id);
+        if let Some(old) = self.published.get(id).copied()
+            && want.as_ref().is_none_or(|(p, _)| *p != old)
+        {
+            self.remove_port(old);
+        }
+        if let Some((port, route)) = want {
+            self.publish(port, route);
+        }
+    }
+
+    fn remove_port(&mut self, port: u16) {
+        // Dropping the state drops its sender: open connections see it and close.
+        if let Some((_, state)) = self.table.remove(&port) {
+            self.published.remove(&state.instance);
+        }
+        if let Some(h) = self.listeners.remove(&port) {
+            h.abort();
+        }
+        tracing::info!(port, "router port released");
+    }
+
+    fn publish(&mut self, port: u16, Route { instance, primary }: Route) {
+        let primary = if self.fenced { None } else { primary };
+        match self.table.get(&port) {
+            Some(state) => {
+                let changed = state.primary.send_if_modified(|cur| {
+                    let changed = *cur != primary;
+                    *cur = primary.clone();
+                    changed
+                });
+                if changed {
+                    self.stats.switches.fetch_add(1, Relaxed);
+                    tracing::info!(port, %instance, primary = ?primary, "route changed");
+                }
+            }
+            None => {
+                tracing::info!(port, %instance, primary = ?primary, "router port added");
+                let (tx, _) = tokio::sync::watch::channel(primary);
+                self.published.insert(instance.clone(), port);
+                self.table.insert(port, Arc::new(PortState { instance, primary: tx }));
+                self.listeners.insert(port, self.spawn_listener(port));
+            }
+        }
     }
 
     fn spawn_listener(&self, port: u16) -> JoinHandle<()> {
@@ -123,7 +148,7 @@ impl RouterTableActor {
         {
             tracing::error!(grace = ?self.grace, "etcd unreachable past the grace period: refusing new connections until it returns");
             self.fenced = true;
-            self.sync();
+            self.sync_all();
         }
     }
 }
@@ -162,17 +187,21 @@ impl StreamHandler<(Source, WatchEvent)> for RouterTableActor {
                 if self.fenced {
                     tracing::info!("etcd reachable again: routing resumes");
                     self.fenced = false;
-                    self.sync();
+                    self.sync_all();
                 }
                 return;
             }
             _ => {}
         }
-        match source {
+        let affected = match source {
             Source::Instances => self.routing.apply_instances(&ev),
             Source::Patroni => self.routing.apply_patroni(&ev),
+        };
+        match affected {
+            Affected::All => self.sync_all(),
+            Affected::Instance(id) => self.sync_instance(&id),
+            Affected::Nothing => {}
         }
-        self.sync();
     }
 }
 

@@ -16,6 +16,14 @@ pub struct Route {
     pub primary: Option<String>,
 }
 
+/// Which routes an event may have changed.
+#[derive(Debug, PartialEq)]
+pub enum Affected {
+    All,
+    Instance(String),
+    Nothing,
+}
+
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     /// Instance id → router port.
@@ -26,7 +34,7 @@ pub struct RoutingTable {
 
 impl RoutingTable {
     /// Applies an event of the `/pgcell/instances/` watch.
-    pub fn apply_instances(&mut self, ev: &WatchEvent) {
+    pub fn apply_instances(&mut self, ev: &WatchEvent) -> Affected {
         let parse = |k: &str, v: &[u8]| -> Option<(String, u16)> {
             let id = keys::router_port_instance(k)?;
             Some((id.to_string(), std::str::from_utf8(v).ok()?.trim().parse().ok()?))
@@ -34,23 +42,28 @@ impl RoutingTable {
         match ev {
             WatchEvent::Snapshot { kvs, .. } => {
                 self.ports = kvs.iter().filter_map(|(k, v)| parse(k, v)).collect();
+                Affected::All
             }
-            WatchEvent::Put { key, value, .. } => {
-                if let Some((id, port)) = parse(key, value) {
-                    self.ports.insert(id, port);
+            WatchEvent::Put { key, value, .. } => match parse(key, value) {
+                Some((id, port)) => {
+                    self.ports.insert(id.clone(), port);
+                    Affected::Instance(id)
                 }
-            }
-            WatchEvent::Delete { key, .. } => {
-                if let Some(id) = keys::router_port_instance(key) {
+                None => Affected::Nothing,
+            },
+            WatchEvent::Delete { key, .. } => match keys::router_port_instance(key) {
+                Some(id) => {
                     self.ports.remove(id);
+                    Affected::Instance(id.to_string())
                 }
-            }
-            _ => {}
+                None => Affected::Nothing,
+            },
+            _ => Affected::Nothing,
         }
     }
 
     /// Applies an event of the `/service/` watch (every Patroni cluster).
-    pub fn apply_patroni(&mut self, ev: &WatchEvent) {
+    pub fn apply_patroni(&mut self, ev: &WatchEvent) -> Affected {
         let split = |k: &str| -> Option<(String, String)> {
             let (scope, rel) = k.strip_prefix(keys::PATRONI_NAMESPACE)?.split_once('/')?;
             Some((scope.to_string(), rel.to_string()))
@@ -61,34 +74,44 @@ impl RoutingTable {
                 for (k, v) in kvs {
                     self.apply_patroni_key(split(k), Some(v));
                 }
+                Affected::All
             }
             WatchEvent::Put { key, value, .. } => self.apply_patroni_key(split(key), Some(value)),
             WatchEvent::Delete { key, .. } => self.apply_patroni_key(split(key), None),
-            _ => {}
+            _ => Affected::Nothing,
         }
     }
 
-    fn apply_patroni_key(&mut self, key: Option<(String, String)>, value: Option<&[u8]>) {
-        let Some((scope, rel)) = key else { return };
+    fn apply_patroni_key(&mut self, key: Option<(String, String)>, value: Option<&[u8]>) -> Affected {
+        let Some((scope, rel)) = key else { return Affected::Nothing };
+        let affected = match scope.strip_prefix("cf-") {
+            Some(id) => Affected::Instance(id.to_string()),
+            None => Affected::Nothing,
+        };
         let view = self.views.entry(scope.clone()).or_insert_with(|| ClusterView::new(&scope));
         view.apply(&rel, value);
         if view.leader.is_none() && view.members.is_empty() {
             self.views.remove(&scope);
         }
+        affected
+    }
+
+    /// The route of one instance: its port and where it forwards (`None`: no port).
+    pub fn route(&self, id: &str) -> Option<(u16, Route)> {
+        let port = *self.ports.get(id)?;
+        Some((port, Route { instance: id.to_string(), primary: self.primary_of(id) }))
+    }
+
+    fn primary_of(&self, id: &str) -> Option<String> {
+        let view = self.views.get(&crate::names::scope(id))?;
+        view.primary().map(|m| format!("{}:{}", m.host, m.port))
     }
 
     /// Router port → route, for every instance that has a port.
     pub fn routes(&self) -> BTreeMap<u16, Route> {
         self.ports
             .iter()
-            .map(|(id, port)| {
-                let primary = self
-                    .views
-                    .get(&crate::names::scope(id))
-                    .and_then(ClusterView::primary)
-                    .map(|m| format!("{}:{}", m.host, m.port));
-                (*port, Route { instance: id.clone(), primary })
-            })
+            .map(|(id, port)| (*port, Route { instance: id.clone(), primary: self.primary_of(id) }))
             .collect()
     }
 }
@@ -127,8 +150,12 @@ mod tests {
         assert_eq!(t.routes()[&40000].primary, None);
         t.apply_patroni(&WatchEvent::Delete { key: "/service/cf-1/leader".into(), revision: 9 });
         assert_eq!(t.routes()[&40000].primary, None);
-        t.apply_instances(&WatchEvent::Delete { key: keys::router_port("1"), revision: 10 });
+        assert_eq!(
+            t.apply_instances(&WatchEvent::Delete { key: keys::router_port("1"), revision: 10 }),
+            Affected::Instance("1".into())
+        );
         assert!(t.routes().is_empty());
+        assert_eq!(t.route("1"), None);
     }
 
     #[test]
@@ -140,5 +167,7 @@ mod tests {
         t.apply_patroni(&put("/service/cf-10/leader", "a"));
         assert_eq!(t.routes()[&40000].primary, None);
         assert!(t.routes()[&40001].primary.is_some());
+        assert_eq!(t.route("10"), Some((40001, t.routes()[&40001].clone())));
+        assert_eq!(t.apply_patroni(&put("/service/other/leader", "x")), Affected::Nothing, "not a pgcell scope");
     }
 }
