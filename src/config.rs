@@ -55,6 +55,9 @@ pub struct CellConfig {
     pub router_port_range: String,
     /// On SIGTERM, switch this cell's leaders away before stopping its containers.
     pub drain_on_stop: bool,
+    /// The etcd endpoints are proxies or load balancers: Patroni must use them
+    /// as given instead of the member URLs etcd advertises.
+    pub etcd_proxies: bool,
     pub etcd_endpoints: Vec<String>,
     pub patroni: PatroniTiming,
 }
@@ -77,6 +80,7 @@ impl Default for CellConfig {
             memory_mb: 1024,
             router_port_range: "40000-40999".into(),
             drain_on_stop: true,
+            etcd_proxies: false,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             patroni: PatroniTiming::default(),
         }
@@ -100,6 +104,7 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_MEMORY_MB", "memory_mb"),
     ("PGCELL_ROUTER_PORT_RANGE", "router_port_range"),
     ("PGCELL_DRAIN_ON_STOP", "drain_on_stop"),
+    ("PGCELL_ETCD_PROXIES", "etcd_proxies"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 

@@ -18,12 +18,17 @@ async fn cluster_with_router(d: &mut Deployment) -> String {
     url
 }
 
-/// Time until a write through the router succeeds on a primary other than `old_port`.
+/// Time until a write through the router succeeds on a primary other than
+/// `old_port` (each attempt writes a fresh id from `n` up, so a write that lands
+/// on the old primary does not block the next ones).
 async fn first_write_elsewhere(url: &str, old_port: u16, n: i32, timeout: Duration) -> Duration {
     let t0 = Instant::now();
+    let mut id = n * 1_000_000;
     wait_for("a write on the new primary", timeout, || {
-        let ok = psql(url, &format!("insert into t values ({n}) returning inet_server_port()"))
+        id += 1;
+        let ok = psql(url, &format!("insert into t values ({id}) returning inet_server_port()"))
             .ok()
+            .and_then(|out| out.lines().next().map(str::to_string))
             .filter(|p| *p != old_port.to_string());
         async move { ok }
     })
@@ -71,7 +76,7 @@ async fn hard_cell_loss_promotes_replica_and_cell_rejoins_when_back() {
     d.cells[0].start_agent();
     let rejoin = wait_streaming(&d, 1, &old, Duration::from_secs(90)).await;
     eprintln!("lost cell's member streaming again {:.1}s after the agent restarted", rejoin.as_secs_f64());
-    assert_eq!(psql(&url, "select count(*) from t").unwrap(), "1");
+    assert_eq!(psql(&url, "select count(*) from t where id >= 1000000").unwrap(), "1");
 }
 
 #[tokio::test]
@@ -213,4 +218,89 @@ async fn no_acknowledged_write_is_lost_when_leader_cells_die() {
     eprintln!("durability: acknowledged {}, failed {failed}, lost {}", acked.len(), lost.len());
     assert!(acked.len() > 50, "the writer barely wrote: {}", acked.len());
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+/// A TCP proxy to etcd for one cell (agent and Patroni alike), so that cell
+/// alone can be cut off from etcd and reconnected.
+struct EtcdLink {
+    port: u16,
+    target: String,
+    child: Option<std::process::Child>,
+}
+
+impl EtcdLink {
+    fn new(target: &str) -> Self {
+        let mut link = Self { port: free_port(), target: target.into(), child: None };
+        link.up();
+        link
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("setsid")
+            .args([
+                "socat",
+                &format!("TCP-LISTEN:{},bind=127.0.0.1,reuseaddr,fork", self.port),
+                &format!("TCP:{}", self.target),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("socat");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "socat did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Cuts every connection through the link, and refuses new ones.
+    fn cut(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", c.id())]).output();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for EtcdLink {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+#[tokio::test]
+async fn leader_cut_off_from_etcd_is_replaced_and_follows_when_back() {
+    let mut d = Deployment::start(0).await;
+    let mut link = EtcdLink::new(&d.etcd.endpoint);
+    let (a, b) = (format!("{}-c0", d.id), format!("{}-c1", d.id));
+    let through_link =
+        [("PGCELL_ETCD_ENDPOINTS", format!("127.0.0.1:{}", link.port)), ("PGCELL_ETCD_PROXIES", "true".into())];
+    d.add_cell_with_env(&a, &through_link).await;
+    d.add_cell(&b).await;
+    d.start_router("r1", 8000).await;
+    seed_cluster(&d, "1", &[0, 1]).await;
+    let url = d.superuser_url("1", d.router_port("1").await).await;
+    psql(&url, "create table t(id int primary key)").unwrap();
+    assert_eq!(d.leader("1").await, Some(format!("cf-1-{a}")));
+
+    link.cut();
+    let took = first_write_elsewhere(&url, d.cells[0].ports.0, 1, Duration::from_secs(40)).await;
+    eprintln!(
+        "leader cut off from etcd: first write through the router on the replica after {:.2}s",
+        took.as_secs_f64()
+    );
+    assert_eq!(d.leader("1").await, Some(format!("cf-1-{b}")));
+
+    link.up();
+    let rejoin = wait_streaming(&d, 1, &format!("cf-1-{a}"), Duration::from_secs(90)).await;
+    eprintln!("cut-off leader demoted and streaming {:.1}s after etcd was reachable again", rejoin.as_secs_f64());
+    assert_eq!(
+        psql(&url, "select inet_server_port()").unwrap(),
+        d.cells[1].ports.0.to_string(),
+        "never back to the old leader"
+    );
+    assert_eq!(psql(&url, "select count(*) >= 1 from t where id >= 1000000").unwrap(), "t");
 }

@@ -46,6 +46,7 @@ impl CellDeps {
             placement: p,
             secrets: &secrets,
             etcd_hosts: &self.cfg.etcd_endpoints,
+            etcd_proxies: self.cfg.etcd_proxies,
             advertise_host: &self.cfg.advertise_host,
             listen_host: self.cfg.listen_host(),
             timing: &self.cfg.patroni,

@@ -13,6 +13,8 @@ pub struct MemberConfig<'a> {
     pub placement: &'a Placement,
     pub secrets: &'a Secrets,
     pub etcd_hosts: &'a [String],
+    /// The hosts are proxies: Patroni must not switch to the URLs etcd advertises.
+    pub etcd_proxies: bool,
     pub advertise_host: &'a str,
     pub listen_host: &'a str,
     pub timing: &'a PatroniTiming,
@@ -43,7 +45,7 @@ impl MemberConfig<'_> {
                 "connect_address": format!("{}:{}", self.advertise_host, p.api_port),
                 "authentication": {"username": "admin", "password": s.admin},
             },
-            "etcd3": {"hosts": self.etcd_hosts},
+            "etcd3": {"hosts": self.etcd_hosts, "use_proxies": self.etcd_proxies},
             "bootstrap": {
                 "dcs": {
                     "ttl": t.ttl,
@@ -51,8 +53,9 @@ impl MemberConfig<'_> {
                     "retry_timeout": t.retry_timeout,
                     "maximum_lag_on_failover": 1_048_576,
                     "synchronous_mode": self.synchronous_mode,
-                    // etcd down: the leader stays primary while every member answers it.
-                    "failsafe_mode": true,
+                    // Off: with it, a leader cut off from etcd alone stays primary and
+                    // blocks the failover (docs/decisions.md).
+                    "failsafe_mode": false,
                     "postgresql": {
                         "use_pg_rewind": true,
                         "use_slots": true,
@@ -121,6 +124,7 @@ mod tests {
             placement: &p,
             secrets: &s,
             etcd_hosts: &hosts,
+            etcd_proxies: false,
             advertise_host: "10.0.0.5",
             listen_host: "0.0.0.0",
             timing: &t,
@@ -133,7 +137,7 @@ mod tests {
         assert_eq!(v["restapi"]["connect_address"], "10.0.0.5:30001");
         assert_eq!(v["bootstrap"]["dcs"]["ttl"], 10);
         assert_eq!(v["bootstrap"]["dcs"]["synchronous_mode"], true);
-        assert_eq!(v["bootstrap"]["dcs"]["failsafe_mode"], true);
+        assert_eq!(v["bootstrap"]["dcs"]["failsafe_mode"], false);
         assert_eq!(v["bootstrap"]["dcs"]["postgresql"]["use_pg_rewind"], true);
         assert_eq!(v["postgresql"]["authentication"]["superuser"]["password"], s.superuser.as_str());
         let hba: Vec<&str> =
