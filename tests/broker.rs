@@ -134,8 +134,24 @@ async fn ha_lifecycle_bind_share_unbind_update_deprovision() {
     assert_eq!(member_cells(&d, "i1").len(), 3);
     assert_eq!(psql(&uri2, "select count(*) from shared").unwrap(), "2");
 
+    // And back to two: a replica goes, with its data; the leader stays.
+    let leader_before = d.leader("i1").await;
+    let down = json!({"service_id": SERVICE_ID, "plan_id": plan_id("ha-2")}).to_string();
+    let r = osb("PATCH", &format!("{inst}?accepts_incomplete=true"), Some(&down)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let (state, desc, secs) = wait_operation(&broker, "i1", Duration::from_secs(180)).await;
+    assert_eq!(state, "succeeded", "{desc}");
+    eprintln!("ha-3 -> ha-2 in {secs:.1}s");
+    wait_for("the removed member's container gone", Duration::from_secs(30), || {
+        let n = member_cells(&d, "i1").len();
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(d.leader("i1").await, leader_before, "the leader was not the member removed");
+    assert_eq!(psql(&uri2, "select count(*) from shared").unwrap(), "2");
+
     // Deprovision: nothing of the instance remains.
-    let q3 = format!("service_id={SERVICE_ID}&plan_id={}", plan_id("ha-3"));
+    let q3 = format!("service_id={SERVICE_ID}&plan_id={}", plan_id("ha-2"));
     let r = osb("DELETE", &format!("{inst}?accepts_incomplete=true&{q3}"), None).await;
     assert_eq!(r.status, 202, "{}", r.text);
     let (state, _, secs) = wait_operation(&broker, "i1", Duration::from_secs(120)).await;
