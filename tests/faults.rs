@@ -220,57 +220,6 @@ async fn no_acknowledged_write_is_lost_when_leader_cells_die() {
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
 
-/// A TCP proxy to etcd for one cell (agent and Patroni alike), so that cell
-/// alone can be cut off from etcd and reconnected.
-struct EtcdLink {
-    port: u16,
-    target: String,
-    child: Option<std::process::Child>,
-}
-
-impl EtcdLink {
-    fn new(target: &str) -> Self {
-        let mut link = Self { port: free_port(), target: target.into(), child: None };
-        link.up();
-        link
-    }
-
-    fn up(&mut self) {
-        let child = Command::new("setsid")
-            .args([
-                "socat",
-                &format!("TCP-LISTEN:{},bind=127.0.0.1,reuseaddr,fork", self.port),
-                &format!("TCP:{}", self.target),
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("socat");
-        self.child = Some(child);
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(5), "socat did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Cuts every connection through the link, and refuses new ones.
-    fn cut(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", c.id())]).output();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for EtcdLink {
-    fn drop(&mut self) {
-        self.cut();
-    }
-}
-
 #[tokio::test]
 async fn leader_cut_off_from_etcd_is_replaced_and_follows_when_back() {
     let mut d = Deployment::start(0).await;
