@@ -125,9 +125,8 @@ impl CellActor {
                 Some(a) => a.send(Retire).await.map_err(anyhow::Error::from)?.map_err(anyhow::Error::msg)?,
                 None => deps.remove_container(&p.member).await?,
             }
-            deps.purge_data(&p.member)?;
+            deps.purge(&p).await?;
             let mut etcd = deps.etcd.clone();
-            etcd.delete(keys::patroni_member(&p.scope, &p.member), None).await?;
             let key = keys::placement(&p.cell, &p.instance_id);
             if let Some((cur, rev)) = crate::etcd::store::get_json::<Placement>(&mut etcd, &key).await?
                 && cur.purge

@@ -114,9 +114,17 @@ impl CellDeps {
         docker::stop(&self.docker, &crate::names::container(member), 30).await
     }
 
-    /// Deletes the member's data: only after its container is gone, and only
-    /// below the configured data root.
-    pub fn purge_data(&self, member: &str) -> anyhow::Result<()> {
+    /// Forgets a removed member: its data, then its Patroni member key. Only
+    /// after its container is gone.
+    pub async fn purge(&self, p: &store::Placement) -> anyhow::Result<()> {
+        self.purge_data(&p.member)?;
+        let key = crate::etcd::keys::patroni_member(&p.scope, &p.member);
+        self.etcd.clone().delete(key, None).await.context("etcd delete member key")?;
+        Ok(())
+    }
+
+    /// Deletes the member's data, only below the configured data root.
+    fn purge_data(&self, member: &str) -> anyhow::Result<()> {
         anyhow::ensure!(crate::names::is_safe(member), "refusing to purge {member:?}");
         let dir = self.member_dir(member);
         match std::fs::remove_dir_all(&dir) {

@@ -161,8 +161,7 @@ async fn deprovision(
             .code("ConcurrencyError"));
     }
     api.cell.send(RetireMember(placement.clone())).await.map_err(OsbError::internal)?.map_err(OsbError::internal)?;
-    api.deps.purge_data(&placement.member).map_err(OsbError::internal)?;
-    etcd.delete(keys::patroni_member(&placement.scope, &placement.member), None).await.map_err(OsbError::internal)?;
+    api.deps.purge(&placement).await.map_err(|e| OsbError::internal(format!("{e:#}")))?;
     if store::instance_cells(&mut etcd, &id).await.map_err(OsbError::internal)?.is_empty() {
         store::delete_instance_keys(&mut etcd, &id).await.map_err(OsbError::internal)?;
         tracing::info!(instance = %id, "last member removed; cluster keys deleted");
