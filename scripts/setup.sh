@@ -9,6 +9,8 @@ for pair in protoc:protobuf-compiler etcd:etcd-server etcdctl:etcd-client deboot
             psql:postgresql-client pgbench:postgresql-client haproxy:haproxy curl:curl ruby:ruby socat:socat; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+# etcd-client's build needs protoc's well-known types (only recommended by protobuf-compiler).
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "setup: need root to install: ${need[*]}" >&2; exit 1; }
   echo "setup: installing ${need[*]}" >&2

@@ -60,6 +60,9 @@ pub struct CellConfig {
     pub etcd_proxies: bool,
     pub etcd_endpoints: Vec<String>,
     pub patroni: PatroniTiming,
+    /// Serve `POST /debug/actors/<kind>/<id>/fail` (fault injection for tests
+    /// and game days). Off by default: the endpoint does not exist.
+    pub failpoints: bool,
 }
 
 impl Default for CellConfig {
@@ -83,6 +86,7 @@ impl Default for CellConfig {
             etcd_proxies: false,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             patroni: PatroniTiming::default(),
+            failpoints: false,
         }
     }
 }
@@ -105,6 +109,7 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_ROUTER_PORT_RANGE", "router_port_range"),
     ("PGCELL_DRAIN_ON_STOP", "drain_on_stop"),
     ("PGCELL_ETCD_PROXIES", "etcd_proxies"),
+    ("PGCELL_FAILPOINTS", "failpoints"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -159,6 +164,8 @@ pub struct RouterConfig {
     /// Threads of the data path.
     pub data_threads: usize,
     pub etcd_endpoints: Vec<String>,
+    /// Serve `POST /debug/actors/router_table/routes/fail` (fault injection). Off by default.
+    pub failpoints: bool,
 }
 
 impl Default for RouterConfig {
@@ -173,6 +180,7 @@ impl Default for RouterConfig {
             grace_ms: 8_000,
             data_threads: 2,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
+            failpoints: false,
         }
     }
 }
@@ -186,6 +194,7 @@ const ROUTER_ENV: &[(&str, &str)] = &[
     ("PGCELL_PASSWORD", "password"),
     ("PGCELL_GRACE_MS", "grace_ms"),
     ("PGCELL_DATA_THREADS", "data_threads"),
+    ("PGCELL_FAILPOINTS", "failpoints"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 

@@ -1,6 +1,7 @@
 //! `CellActor`: reconciles this cell's placements (etcd) with its containers
 //! (Docker), one `ContainerActor` per member and one `ClusterActor` per cluster
-//! with a member here.
+//! with a member here. It supervises both: a child that fails is started
+//! again after a backoff (see [`super::supervise`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -10,7 +11,8 @@ use bollard::models::EventMessage;
 
 use super::cluster::{ClusterActor, GetClusterView, StopFollowing};
 use super::container::{ContainerActor, ContainerDied, ContainerStarted, EnsureRunning, Retire, StopForShutdown};
-use super::{ActorStatus, GetState};
+use super::supervise::{ChildEnded, Children, Lifeline, Verdict};
+use super::{ActorStatus, GetState, InjectFailure};
 use crate::backoff::Backoff;
 use crate::cell::member::CellDeps;
 use crate::cell::reconcile::{Desired, plan};
@@ -27,27 +29,31 @@ pub struct CellActor {
     desired: Desired,
     members: HashMap<String, Addr<ContainerActor>>,
     clusters: HashMap<String, Addr<ClusterActor>>,
+    children: Children,
     /// Members whose container is being removed: not orphans, not to adopt.
     retiring: BTreeSet<String>,
     reconciling: bool,
     dirty: bool,
     docker_backoff: Backoff,
     status: ActorStatus,
+    _lifeline: Lifeline,
 }
 
 impl CellActor {
-    pub fn new(deps: CellDeps) -> Self {
+    pub fn new(deps: CellDeps, lifeline: Lifeline) -> Self {
         let status = ActorStatus::new("cell", deps.cfg.name.clone());
         Self {
             deps,
             desired: Desired::default(),
             members: HashMap::new(),
             clusters: HashMap::new(),
+            children: Children::default(),
             retiring: BTreeSet::new(),
             reconciling: false,
             dirty: false,
             docker_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             status,
+            _lifeline: lifeline,
         }
     }
 
@@ -83,7 +89,7 @@ impl CellActor {
             self.purge(p, ctx);
         }
         for p in plan.adopt {
-            self.adopt(p);
+            self.adopt(p, ctx);
         }
         for member in plan.ensure {
             if let Some(addr) = self.members.get(&member) {
@@ -92,6 +98,7 @@ impl CellActor {
         }
         for member in plan.retire {
             if let Some(addr) = self.members.remove(&member) {
+                self.children.release("container", &member);
                 tracing::info!(%member, "member no longer placed here; removing its container (data kept)");
                 addr.do_send(Retire);
             }
@@ -108,8 +115,13 @@ impl CellActor {
                 .into_actor(self),
             );
         }
-        self.follow_clusters();
-        self.status.event(format!("members={} clusters={}", self.members.len(), self.clusters.len()));
+        self.follow_clusters(ctx);
+        self.status.event(format!(
+            "members={} clusters={} child_restarts={}",
+            self.members.len(),
+            self.clusters.len(),
+            self.children.total_restarts()
+        ));
     }
 
     /// Removes a member marked `purge`: container, data, Patroni member key, then its placement.
@@ -118,6 +130,7 @@ impl CellActor {
             return;
         }
         let actor = self.members.remove(&p.member);
+        self.children.release("container", &p.member);
         let deps = self.deps.clone();
         let member = p.member.clone();
         let work = async move {
@@ -144,27 +157,37 @@ impl CellActor {
         }));
     }
 
-    fn adopt(&mut self, p: Placement) -> Addr<ContainerActor> {
-        let addr = ContainerActor::new(self.deps.clone(), p.clone()).start();
+    /// Starts the member's actor; it adopts the container if one runs.
+    fn adopt(&mut self, p: Placement, ctx: &mut Context<Self>) -> Addr<ContainerActor> {
+        let (generation, restarts, last_error) = self.children.starting("container", &p.member);
+        let lifeline = Lifeline::to(ctx.address().recipient(), "container", p.member.clone(), generation);
+        let status = ActorStatus::new("container", p.member.clone()).restarted(restarts, last_error);
+        let addr = ContainerActor::new(self.deps.clone(), p.clone(), status, lifeline).start();
         addr.do_send(EnsureRunning);
         self.members.insert(p.member, addr.clone());
         addr
     }
 
-    fn follow_clusters(&mut self) {
+    fn follow_clusters(&mut self, ctx: &mut Context<Self>) {
         let scopes: BTreeSet<String> = self.desired.members().values().map(|p| p.scope.clone()).collect();
+        let children = &mut self.children;
         self.clusters.retain(|scope, addr| {
             let keep = scopes.contains(scope);
             if !keep {
+                children.release("cluster", scope);
                 addr.do_send(StopFollowing);
             }
             keep
         });
         for scope in scopes {
-            let etcd = self.deps.etcd.clone();
-            self.clusters
-                .entry(scope.clone())
-                .or_insert_with(|| actix::Supervisor::start(move |_| ClusterActor::new(etcd, &scope)));
+            if self.clusters.contains_key(&scope) {
+                continue;
+            }
+            let (generation, restarts, last_error) = self.children.starting("cluster", &scope);
+            let lifeline = Lifeline::to(ctx.address().recipient(), "cluster", scope.clone(), generation);
+            let status = ActorStatus::new("cluster", scope.clone()).restarted(restarts, last_error);
+            let addr = ClusterActor::new(self.deps.etcd.clone(), &scope, status, lifeline).start();
+            self.clusters.insert(scope, addr);
         }
     }
 
@@ -238,13 +261,13 @@ pub struct EnsureMember(pub Placement);
 impl Handler<EnsureMember> for CellActor {
     type Result = ResponseFuture<Result<(), String>>;
 
-    fn handle(&mut self, EnsureMember(p): EnsureMember, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, EnsureMember(p): EnsureMember, ctx: &mut Context<Self>) -> Self::Result {
         self.desired.insert(p.clone());
         let addr = match self.members.get(&p.member) {
             Some(a) => a.clone(),
-            None => self.adopt(p),
+            None => self.adopt(p, ctx),
         };
-        self.follow_clusters();
+        self.follow_clusters(ctx);
         Box::pin(async move { addr.send(EnsureRunning).await.map_err(|e| e.to_string())? })
     }
 }
@@ -257,11 +280,12 @@ pub struct RetireMember(pub Placement);
 impl Handler<RetireMember> for CellActor {
     type Result = ResponseActFuture<Self, Result<(), String>>;
 
-    fn handle(&mut self, RetireMember(p): RetireMember, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, RetireMember(p): RetireMember, ctx: &mut Context<Self>) -> Self::Result {
         self.desired.remove(&p.cell, &p.instance_id);
         let addr = self.members.remove(&p.member);
+        self.children.release("container", &p.member);
         self.retiring.insert(p.member.clone());
-        self.follow_clusters();
+        self.follow_clusters(ctx);
         let deps = self.deps.clone();
         let member = p.member.clone();
         Box::pin(
@@ -277,6 +301,53 @@ impl Handler<RetireMember> for CellActor {
                 res
             }),
         )
+    }
+}
+
+impl Handler<ChildEnded> for CellActor {
+    type Result = ();
+
+    fn handle(&mut self, ev: ChildEnded, ctx: &mut Context<Self>) {
+        let Verdict::Restart(delay) = self.children.ended(&ev) else { return };
+        crate::http::metrics::inc(&crate::http::metrics::COUNTERS.actor_restarts);
+        tracing::error!(kind = ev.kind, id = %ev.id, reason = %ev.reason, ?delay, "actor failed; starting it again");
+        // The dead actor's address stays until the delay is over, so a
+        // reconcile meanwhile does not start it early.
+        ctx.run_later(delay, move |act, ctx| match ev.kind {
+            "container" => {
+                if act.members.get(&ev.id).is_some_and(|a| !a.connected()) {
+                    act.members.remove(&ev.id);
+                }
+                act.reconcile(ctx);
+            }
+            _ => {
+                if act.clusters.get(&ev.id).is_some_and(|a| !a.connected()) {
+                    act.clusters.remove(&ev.id);
+                }
+                act.follow_clusters(ctx);
+            }
+        });
+    }
+}
+
+/// Fault injection: make one child actor fail (see [`InjectFailure`]).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct FailChild {
+    pub kind: String,
+    pub id: String,
+}
+
+impl Handler<FailChild> for CellActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, FailChild { kind, id }: FailChild, _: &mut Context<Self>) -> Self::Result {
+        match kind.as_str() {
+            "container" => self.members.get(&id).map(|a| a.do_send(InjectFailure)),
+            "cluster" => self.clusters.get(&id).map(|a| a.do_send(InjectFailure)),
+            _ => return Err(format!("no actor kind {kind:?} here: container or cluster")),
+        }
+        .ok_or_else(|| format!("no {kind} actor {id:?} on this cell"))
     }
 }
 

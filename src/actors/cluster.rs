@@ -1,9 +1,11 @@
 //! `ClusterActor`: follows one Patroni cluster (`/service/<scope>/`) that has a
-//! member on this cell, and keeps its [`ClusterView`].
+//! member on this cell, and keeps its [`ClusterView`]. Its parent (the
+//! `CellActor`) restarts it if it fails; the new one reads the cluster afresh.
 
 use actix::prelude::*;
 
-use super::{ActorStatus, GetState};
+use super::supervise::Lifeline;
+use super::{ActorStatus, GetState, InjectFailure};
 use crate::etcd::watch::{WatchEvent, watch_prefix};
 use crate::etcd::{Client, keys};
 use crate::patroni::ClusterView;
@@ -12,11 +14,12 @@ pub struct ClusterActor {
     etcd: Client,
     view: ClusterView,
     status: ActorStatus,
+    _lifeline: Lifeline,
 }
 
 impl ClusterActor {
-    pub fn new(etcd: Client, scope: &str) -> Self {
-        Self { etcd, view: ClusterView::new(scope), status: ActorStatus::new("cluster", scope) }
+    pub fn new(etcd: Client, scope: &str, status: ActorStatus, lifeline: Lifeline) -> Self {
+        Self { etcd, view: ClusterView::new(scope), status, _lifeline: lifeline }
     }
 
     fn summary(&self) -> String {
@@ -32,16 +35,6 @@ impl Actor for ClusterActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let prefix = keys::patroni_scope(&self.view.scope);
         ctx.add_stream(watch_prefix(self.etcd.clone(), prefix));
-    }
-}
-
-/// Restarted by its `Supervisor` if it stops while the cell still follows the
-/// cluster; `started` watches again and the view is rebuilt from the first read.
-impl actix::Supervised for ClusterActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        self.view = ClusterView::new(&self.view.scope);
-        self.status.restarts += 1;
-        tracing::warn!(scope = %self.view.scope, "cluster actor restarted; following the cluster again");
     }
 }
 
@@ -115,5 +108,13 @@ impl Handler<GetState> for ClusterActor {
 
     fn handle(&mut self, _: GetState, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.status.clone())
+    }
+}
+
+impl Handler<InjectFailure> for ClusterActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectFailure, _: &mut Context<Self>) {
+        panic!("injected failure in the cluster actor of {}", self.view.scope);
     }
 }

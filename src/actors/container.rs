@@ -1,12 +1,15 @@
 //! `ContainerActor`: owns one member container of this cell. It makes the
 //! container exist and run, restarts it (with backoff) when it dies while
-//! still desired, and removes it when the member is retired.
+//! still desired, and removes it when the member is retired. Its parent (the
+//! `CellActor`) restarts it if it fails; the new one adopts the running
+//! container from Docker without restarting it.
 
 use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::{ActorStatus, GetState};
+use super::supervise::Lifeline;
+use super::{ActorStatus, GetState, InjectFailure};
 use crate::backoff::Backoff;
 use crate::cell::member::CellDeps;
 use crate::cell::reconcile::ContainerStep;
@@ -18,13 +21,23 @@ pub struct ContainerActor {
     status: ActorStatus,
     backoff: Backoff,
     retiring: bool,
+    /// Times the container died and was started again (the actor's own
+    /// restarts are in `status.restarts`).
+    container_restarts: u32,
+    _lifeline: Lifeline,
 }
 
 impl ContainerActor {
-    pub fn new(deps: CellDeps, placement: Placement) -> Self {
-        let status = ActorStatus::new("container", placement.member.clone());
+    pub fn new(deps: CellDeps, placement: Placement, status: ActorStatus, lifeline: Lifeline) -> Self {
         let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        Self { deps, placement, status, backoff, retiring: false }
+        Self { deps, placement, status, backoff, retiring: false, container_restarts: 0, _lifeline: lifeline }
+    }
+
+    fn running(&self) -> String {
+        match self.container_restarts {
+            0 => "running".into(),
+            n => format!("running (container started again {n}x)"),
+        }
     }
 
     fn ensure(&mut self) -> ResponseActFuture<Self, Result<(), String>> {
@@ -34,7 +47,7 @@ impl ContainerActor {
                 if step != ContainerStep::Nothing {
                     tracing::info!(member = %act.placement.member, ?step, "member container started");
                 }
-                act.status.event("running");
+                act.status.event(act.running());
                 Ok(())
             }
             Err(e) => {
@@ -76,7 +89,7 @@ impl Handler<ContainerDied> for ContainerActor {
             return;
         }
         self.status.event("exited");
-        self.status.restarts += 1;
+        self.container_restarts += 1;
         crate::http::metrics::inc(&crate::http::metrics::COUNTERS.containers_died);
         // First end the dead leader's lock (if it was the leader), so a replica
         // is promoted in seconds; then start the container again after a backoff.
@@ -111,7 +124,7 @@ impl Handler<ContainerStarted> for ContainerActor {
     type Result = ();
 
     fn handle(&mut self, _: ContainerStarted, _: &mut Context<Self>) {
-        self.status.event("running");
+        self.status.event(self.running());
     }
 }
 
@@ -164,5 +177,13 @@ impl Handler<GetState> for ContainerActor {
 
     fn handle(&mut self, _: GetState, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.status.clone())
+    }
+}
+
+impl Handler<InjectFailure> for ContainerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectFailure, _: &mut Context<Self>) {
+        panic!("injected failure in the container actor of {}", self.placement.member);
     }
 }

@@ -5,6 +5,7 @@ pub mod cell;
 pub mod cluster;
 pub mod container;
 pub mod router_table;
+pub mod supervise;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,3 +48,18 @@ fn now() -> f64 {
 #[derive(Message)]
 #[rtype(result = "ActorStatus")]
 pub struct GetState;
+
+/// Fault injection (`/debug/actors/.../fail`, only with `failpoints` on): the
+/// actor panics in its handler, as a bug would make it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectFailure;
+
+impl ActorStatus {
+    /// Carries restarts and the last error over from the actor this one replaces.
+    pub fn restarted(mut self, restarts: u32, last_error: Option<String>) -> Self {
+        self.restarts = restarts;
+        self.last_error = last_error;
+        self
+    }
+}

@@ -1,7 +1,9 @@
 //! `RouterTableActor`: follows etcd (router ports and every Patroni cluster),
 //! keeps the shared table the data path reads, and starts or stops one
 //! listener per router port. When etcd is unreachable for longer than the
-//! grace period it refuses new connections rather than guess.
+//! grace period it refuses new connections rather than guess. If it fails,
+//! the router daemon starts a new one (after a backoff); the shared table and
+//! its listeners keep serving meanwhile, and the new actor reads etcd afresh.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::StreamExt;
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 
-use super::{ActorStatus, GetState};
+use super::supervise::Lifeline;
+use super::{ActorStatus, GetState, InjectFailure};
 use crate::etcd::watch::{WatchEvent, watch_prefix};
 use crate::etcd::{Client, keys};
-use crate::router::proxy::{self, PortState, Stats, Table};
+use crate::router::proxy::{self, PortEntry, PortState, Stats, Table};
 use crate::router::table::{Affected, Route, RoutingTable};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -31,24 +34,36 @@ pub struct RouterTableActor {
     listen_host: String,
     data_path: tokio::runtime::Handle,
     routing: RoutingTable,
-    listeners: HashMap<u16, JoinHandle<()>>,
     /// Instance → the port it is published on.
     published: HashMap<String, u16>,
     grace: Duration,
     down_since: Option<Instant>,
+    /// Sources whose watch is broken now; routing resumes when none is.
+    interrupted: [bool; 2],
+    /// Sources read in full at least once: until both are, the shared table is
+    /// left as it is (a restarted actor must not cut connections on half a view).
+    read: [bool; 2],
     fenced: bool,
     status: ActorStatus,
+    _lifeline: Lifeline,
+}
+
+/// What the table actor is started with (kept by the daemon to start it again).
+#[derive(Clone)]
+pub struct RouterParts {
+    pub etcd: Client,
+    pub table: Table,
+    pub stats: Arc<Stats>,
+    pub listen_host: String,
+    pub data_path: tokio::runtime::Handle,
+    pub grace: Duration,
 }
 
 impl RouterTableActor {
-    pub fn new(
-        etcd: Client,
-        table: Table,
-        stats: Arc<Stats>,
-        listen_host: String,
-        data_path: tokio::runtime::Handle,
-        grace: Duration,
-    ) -> Self {
+    pub fn new(parts: RouterParts, status: ActorStatus, lifeline: Lifeline) -> Self {
+        let RouterParts { etcd, table, stats, listen_host, data_path, grace } = parts;
+        // A previous actor's ports are still served: know them, so updates and removals find them.
+        let published = table.iter().map(|e| (e.instance.clone(), *e.key())).collect();
         Self {
             etcd,
             table,
@@ -56,12 +71,14 @@ impl RouterTableActor {
             listen_host,
             data_path,
             routing: RoutingTable::default(),
-            listeners: HashMap::new(),
-            published: HashMap::new(),
+            published,
             grace,
             down_since: None,
+            interrupted: [false; 2],
+            read: [false; 2],
             fenced: false,
-            status: ActorStatus::new("router_table", "routes"),
+            status,
+            _lifeline: lifeline,
         }
     }
 
@@ -92,12 +109,9 @@ impl RouterTableActor {
     }
 
     fn remove_port(&mut self, port: u16) {
-        // Dropping the state drops its sender: open connections see it and close.
-        if let Some((_, state)) = self.table.remove(&port) {
-            self.published.remove(&state.instance);
-        }
-        if let Some(h) = self.listeners.remove(&port) {
-            h.abort();
+        // Dropping the entry stops its listener and drops its sender: open connections see it and close.
+        if let Some((_, entry)) = self.table.remove(&port) {
+            self.published.remove(&entry.instance);
         }
         tracing::info!(port, "router port released");
     }
@@ -120,25 +134,27 @@ impl RouterTableActor {
                 tracing::info!(port, %instance, primary = ?primary, "router port added");
                 let (tx, _) = tokio::sync::watch::channel(primary);
                 self.published.insert(instance.clone(), port);
-                self.table.insert(port, Arc::new(PortState { instance, primary: tx }));
-                self.listeners.insert(port, self.spawn_listener(port));
+                let listener = self.spawn_listener(port);
+                self.table.insert(port, PortEntry::new(PortState { instance, primary: tx }, listener));
             }
         }
     }
 
-    fn spawn_listener(&self, port: u16) -> JoinHandle<()> {
+    fn spawn_listener(&self, port: u16) -> AbortHandle {
         let (host, table, stats) = (self.listen_host.clone(), Arc::clone(&self.table), Arc::clone(&self.stats));
-        self.data_path.spawn(async move {
-            loop {
-                match tokio::net::TcpListener::bind((host.as_str(), port)).await {
-                    Ok(l) => return proxy::serve_port(l, port, table, stats).await,
-                    Err(e) => {
-                        tracing::error!(port, error = %e, "cannot listen on router port; retrying");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.data_path
+            .spawn(async move {
+                loop {
+                    match tokio::net::TcpListener::bind((host.as_str(), port)).await {
+                        Ok(l) => return proxy::serve_port(l, port, table, stats).await,
+                        Err(e) => {
+                            tracing::error!(port, error = %e, "cannot listen on router port; retrying");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
                     }
                 }
-            }
-        })
+            })
+            .abort_handle()
     }
 
     fn check_grace(&mut self) {
@@ -148,7 +164,14 @@ impl RouterTableActor {
         {
             tracing::error!(grace = ?self.grace, "etcd unreachable past the grace period: refusing new connections until it returns");
             self.fenced = true;
-            self.sync_all();
+            if self.read.iter().all(|r| *r) {
+                self.sync_all();
+            } else {
+                // Too little read to know the routes: refuse on every port we have.
+                for e in self.table.iter() {
+                    e.primary.send_if_modified(|p| p.take().is_some());
+                }
+            }
         }
     }
 }
@@ -164,30 +187,28 @@ impl Actor for RouterTableActor {
     }
 }
 
-/// Restarted by its `Supervisor` if it stops: the table is rebuilt from a full
-/// read; the shared table and the listeners stay up meanwhile.
-impl actix::Supervised for RouterTableActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        self.routing = RoutingTable::default();
-        self.status.restarts += 1;
-        tracing::warn!("router table actor restarted; reading etcd again");
-    }
-}
-
 impl StreamHandler<(Source, WatchEvent)> for RouterTableActor {
     fn handle(&mut self, (source, ev): (Source, WatchEvent), _: &mut Context<Self>) {
+        let src = source as usize;
         match &ev {
             WatchEvent::Interrupted { error } => {
+                self.interrupted[src] = true;
                 self.down_since.get_or_insert_with(Instant::now);
                 self.status.error(&anyhow::anyhow!(error.clone()));
                 return;
             }
             WatchEvent::Live => {
+                self.interrupted[src] = false;
+                if self.interrupted.iter().any(|i| *i) {
+                    return;
+                }
                 self.down_since = None;
                 if self.fenced {
                     tracing::info!("etcd reachable again: routing resumes");
                     self.fenced = false;
-                    self.sync_all();
+                    if self.read.iter().all(|r| *r) {
+                        self.sync_all();
+                    }
                 }
                 return;
             }
@@ -197,6 +218,18 @@ impl StreamHandler<(Source, WatchEvent)> for RouterTableActor {
             Source::Instances => self.routing.apply_instances(&ev),
             Source::Patroni => self.routing.apply_patroni(&ev),
         };
+        if let WatchEvent::Snapshot { .. } = ev
+            && !self.read[src]
+        {
+            self.read[src] = true;
+            if self.read.iter().all(|r| *r) {
+                self.sync_all();
+            }
+            return;
+        }
+        if !self.read.iter().all(|r| *r) {
+            return;
+        }
         match affected {
             Affected::All => self.sync_all(),
             Affected::Instance(id) => self.sync_instance(&id),
@@ -210,5 +243,13 @@ impl Handler<GetState> for RouterTableActor {
 
     fn handle(&mut self, _: GetState, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.status.clone())
+    }
+}
+
+impl Handler<InjectFailure> for RouterTableActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectFailure, _: &mut Context<Self>) {
+        panic!("injected failure in the router table actor");
     }
 }

@@ -36,7 +36,9 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
     };
     let creds = Credentials { username: cfg.api_username.clone(), password: cfg.api_password.clone() };
     let deps = CellDeps { cfg: Arc::new(cfg), docker, etcd: etcd.clone() };
-    let cell = CellActor::new(deps.clone()).start();
+    crate::actors::supervise::install_panic_hook();
+    let (lifeline, root_ended) = crate::actors::supervise::root("cell", deps.cfg.name.clone(), 0);
+    let cell = CellActor::new(deps.clone(), lifeline).start();
     actix::spawn(registration::run(etcd, crate::etcd::keys::cell(&record.name), serde_json::to_vec(&record)?));
     tracing::info!(cell = %deps.cfg.name, api = %addr, "cell agent running");
 
@@ -61,7 +63,13 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
         planned_stop(&deps, &cell).await;
         handle.stop(true).await;
     });
-    server.await.context("cell API server")
+    tokio::select! {
+        res = server => res.context("cell API server"),
+        // The root actor failed. Exiting is safe (the containers keep running
+        // and the next agent re-adopts them) and lets the service manager
+        // start a clean agent.
+        Ok(ev) = root_ended => anyhow::bail!("the cell actor failed ({}); exiting so the agent is restarted", ev.reason),
+    }
 }
 
 async fn stop_signal() -> &'static str {

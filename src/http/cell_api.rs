@@ -4,13 +4,13 @@
 
 use actix::Addr;
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, delete, get, put, web};
+use actix_web::{HttpResponse, delete, get, post, put, web};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Authorized;
 use super::osb::{OsbError, parse_json, read_body};
-use crate::actors::cell::{CellActor, EnsureMember, GetActors, GetMemberRoles, RetireMember};
+use crate::actors::cell::{CellActor, EnsureMember, FailChild, GetActors, GetMemberRoles, RetireMember};
 use crate::cell::member::CellDeps;
 use crate::etcd::store::{self, CellPorts, PlaceError, Placed, Placement};
 use crate::etcd::{Client, keys};
@@ -26,7 +26,12 @@ pub struct CellApi {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(catalog).service(provision).service(deprovision).service(debug_actors).service(metrics);
+    cfg.service(catalog)
+        .service(provision)
+        .service(deprovision)
+        .service(debug_actors)
+        .service(fail_actor)
+        .service(metrics);
 }
 
 #[get("/v2/catalog")]
@@ -176,6 +181,26 @@ async fn debug_actors(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(actors))
 }
 
+/// Fault injection: the named actor panics, and its supervisor starts it again.
+/// Exists only with `failpoints` on; otherwise it is an unknown endpoint.
+#[post("/debug/actors/{kind}/{id}/fail")]
+async fn fail_actor(
+    _: Authorized,
+    api: web::Data<CellApi>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, OsbError> {
+    if !api.deps.cfg.failpoints {
+        return super::not_found().await;
+    }
+    let (kind, id) = path.into_inner();
+    api.cell
+        .send(FailChild { kind, id })
+        .await
+        .map_err(OsbError::internal)?
+        .map_err(|e| OsbError::new(StatusCode::NOT_FOUND, e))?;
+    Ok(HttpResponse::Accepted().json(json!({})))
+}
+
 #[get("/metrics")]
 async fn metrics(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResponse, OsbError> {
     use super::metrics::{counter_samples, render};
@@ -184,7 +209,9 @@ async fn metrics(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResponse,
     let (mut samples, mut kinds) = counter_samples();
     let mut by_state = std::collections::BTreeMap::<String, u64>::new();
     for a in actors.iter().filter(|a| a.kind == "container") {
-        *by_state.entry(a.state.clone()).or_default() += 1;
+        // "running (container started again 2x)" counts as running.
+        let state = a.state.split(' ').next().unwrap_or_default();
+        *by_state.entry(state.to_string()).or_default() += 1;
     }
     for (state, n) in by_state {
         samples.push(("pgcell_cell_containers", vec![("state", state)], n));

@@ -11,6 +11,7 @@ use dashmap::DashMap;
 pub struct Counters {
     pub watch_reconnects: AtomicU64,
     pub docker_reconnects: AtomicU64,
+    pub actor_restarts: AtomicU64,
     pub failovers_seen: AtomicU64,
     pub containers_died: AtomicU64,
     pub leader_locks_ended: AtomicU64,
@@ -54,6 +55,7 @@ pub fn counter_samples() -> (Vec<Sample>, Vec<(&'static str, &'static str)>) {
     let mut samples: Vec<Sample> = vec![
         ("pgcell_watch_reconnects_total", vec![], c.watch_reconnects.load(Relaxed)),
         ("pgcell_docker_event_reconnects_total", vec![], c.docker_reconnects.load(Relaxed)),
+        ("pgcell_actor_restarts_total", vec![], c.actor_restarts.load(Relaxed)),
         ("pgcell_failovers_seen_total", vec![], c.failovers_seen.load(Relaxed)),
         ("pgcell_containers_died_total", vec![], c.containers_died.load(Relaxed)),
         ("pgcell_leader_locks_ended_total", vec![], c.leader_locks_ended.load(Relaxed)),
@@ -66,6 +68,7 @@ pub fn counter_samples() -> (Vec<Sample>, Vec<(&'static str, &'static str)>) {
     let kinds = vec![
         ("pgcell_watch_reconnects_total", "counter"),
         ("pgcell_docker_event_reconnects_total", "counter"),
+        ("pgcell_actor_restarts_total", "counter"),
         ("pgcell_failovers_seen_total", "counter"),
         ("pgcell_containers_died_total", "counter"),
         ("pgcell_leader_locks_ended_total", "counter"),

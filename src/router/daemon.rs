@@ -4,21 +4,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
-use actix_web::{App, HttpResponse, HttpServer, get, web};
+use actix::{Actor, Addr};
+use actix_web::{App, HttpResponse, HttpServer, get, post, web};
 use anyhow::Context;
 
 use super::proxy::{Stats, Table};
-use crate::actors::router_table::RouterTableActor;
-use crate::actors::{ActorStatus, GetState};
+use crate::actors::router_table::{RouterParts, RouterTableActor};
+use crate::actors::supervise::{self, Children, Verdict};
+use crate::actors::{ActorStatus, GetState, InjectFailure};
 use crate::config::RouterConfig;
 use crate::etcd::{keys, registration, store::RouterRecord};
 use crate::http::{self, auth::Authorized, auth::Credentials, osb::OsbError};
 
 struct RouterHttp {
-    actor: Addr<RouterTableActor>,
+    /// The table actor now (a new one after a failure).
+    actor: tokio::sync::watch::Receiver<Addr<RouterTableActor>>,
     table: Table,
     stats: Arc<Stats>,
+    failpoints: bool,
 }
 
 pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> an
         tracing::warn!("no password configured: /debug and /metrics use a random one (set PGCELL_PASSWORD)");
     }
     let etcd = crate::etcd::connect(&cfg.etcd_endpoints).await?;
+    supervise::install_panic_hook();
     let data_path = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.data_threads.max(1))
         .thread_name("pgcell-data")
@@ -41,10 +45,15 @@ pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> an
         .context("data path runtime")?;
     let table: Table = Arc::default();
     let stats: Arc<Stats> = Arc::default();
-    let (etcd2, table2, stats2) = (etcd.clone(), Arc::clone(&table), Arc::clone(&stats));
-    let (host, handle, grace) =
-        (cfg.listen_host.clone(), data_path.handle().clone(), Duration::from_millis(cfg.grace_ms));
-    let actor = actix::Supervisor::start(move |_| RouterTableActor::new(etcd2, table2, stats2, host, handle, grace));
+    let parts = RouterParts {
+        etcd: etcd.clone(),
+        table: Arc::clone(&table),
+        stats: Arc::clone(&stats),
+        listen_host: cfg.listen_host.clone(),
+        data_path: data_path.handle().clone(),
+        grace: Duration::from_millis(cfg.grace_ms),
+    };
+    let actor = supervise_table(parts);
     let addr = listener.local_addr()?;
     let record = RouterRecord {
         name: cfg.name.clone(),
@@ -54,7 +63,7 @@ pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> an
     actix::spawn(registration::run(etcd, keys::router(&cfg.name), serde_json::to_vec(&record)?));
     tracing::info!(router = %cfg.name, http = %addr, "router running");
 
-    let state = web::Data::new(RouterHttp { actor, table, stats });
+    let state = web::Data::new(RouterHttp { actor, table, stats, failpoints: cfg.failpoints });
     let creds = web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.clone() });
     let server = HttpServer::new(move || {
         App::new()
@@ -63,6 +72,7 @@ pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> an
             .service(http::healthz)
             .service(debug_routes)
             .service(debug_actors)
+            .service(fail_table)
             .service(metrics)
             .default_service(web::to(http::not_found))
     })
@@ -72,6 +82,32 @@ pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> an
     let res = server.await.context("router HTTP server");
     data_path.shutdown_background();
     res
+}
+
+/// Runs the table actor and starts a new one (after a backoff) whenever it
+/// fails; the shared table and its listeners serve on meanwhile.
+fn supervise_table(parts: RouterParts) -> tokio::sync::watch::Receiver<Addr<RouterTableActor>> {
+    let mut children = Children::default();
+    let start = move |children: &mut Children| {
+        let (generation, restarts, last_error) = children.starting("router_table", "routes");
+        let (lifeline, ended) = supervise::root("router_table", "routes", generation);
+        let status = ActorStatus::new("router_table", "routes").restarted(restarts, last_error);
+        (RouterTableActor::new(parts.clone(), status, lifeline).start(), ended)
+    };
+    let (addr, mut ended) = start(&mut children);
+    let (tx, rx) = tokio::sync::watch::channel(addr);
+    actix::spawn(async move {
+        while let Ok(ev) = ended.await {
+            let Verdict::Restart(delay) = children.ended(&ev) else { return };
+            crate::http::metrics::inc(&crate::http::metrics::COUNTERS.actor_restarts);
+            tracing::error!(reason = %ev.reason, ?delay, "router table actor failed; starting it again");
+            tokio::time::sleep(delay).await;
+            let (addr, next) = start(&mut children);
+            tx.send_replace(addr);
+            ended = next;
+        }
+    });
+    rx
 }
 
 #[get("/debug/routes")]
@@ -87,11 +123,22 @@ async fn debug_routes(_: Authorized, s: web::Data<RouterHttp>) -> HttpResponse {
 
 #[get("/debug/actors")]
 async fn debug_actors(_: Authorized, s: web::Data<RouterHttp>) -> Result<HttpResponse, OsbError> {
-    let state = match tokio::time::timeout(Duration::from_secs(1), s.actor.send(GetState)).await {
+    let actor = s.actor.borrow().clone();
+    let state = match tokio::time::timeout(Duration::from_secs(1), actor.send(GetState)).await {
         Ok(Ok(st)) => st,
         _ => ActorStatus { state: "unresponsive".into(), ..ActorStatus::new("router_table", "routes") },
     };
     Ok(HttpResponse::Ok().json([state]))
+}
+
+/// Fault injection (only with `failpoints` on): the table actor panics.
+#[post("/debug/actors/router_table/routes/fail")]
+async fn fail_table(_: Authorized, s: web::Data<RouterHttp>) -> Result<HttpResponse, OsbError> {
+    if !s.failpoints {
+        return http::not_found().await;
+    }
+    s.actor.borrow().do_send(InjectFailure);
+    Ok(HttpResponse::Accepted().json(serde_json::json!({})))
 }
 
 #[get("/metrics")]

@@ -18,8 +18,36 @@ pub struct PortState {
     pub primary: watch::Sender<Option<String>>,
 }
 
-/// Router port → its state; read by every accepted connection, written by the table actor.
-pub type Table = Arc<DashMap<u16, Arc<PortState>>>;
+/// A router port in the table: its state, and its listener, which ends with
+/// the entry. Both outlive the table actor, so a restarted actor finds the
+/// ports still served.
+pub struct PortEntry {
+    pub state: Arc<PortState>,
+    listener: tokio::task::AbortHandle,
+}
+
+impl PortEntry {
+    pub fn new(state: PortState, listener: tokio::task::AbortHandle) -> Self {
+        Self { state: Arc::new(state), listener }
+    }
+}
+
+impl Drop for PortEntry {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl std::ops::Deref for PortEntry {
+    type Target = PortState;
+
+    fn deref(&self) -> &PortState {
+        &self.state
+    }
+}
+
+/// Router port → its entry; read by every accepted connection, written by the table actor.
+pub type Table = Arc<DashMap<u16, PortEntry>>;
 
 /// Counters for `/metrics`.
 #[derive(Default, Debug, Serialize)]
@@ -62,7 +90,7 @@ pub async fn serve_port(listener: TcpListener, port: u16, table: Table, stats: A
                 continue;
             }
         };
-        let state = table.get(&port).map(|s| Arc::clone(s.value()));
+        let state = table.get(&port).map(|s| Arc::clone(&s.state));
         let stats = Arc::clone(&stats);
         tokio::spawn(async move {
             match state {

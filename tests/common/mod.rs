@@ -349,14 +349,19 @@ impl Deployment {
 
     /// Starts a router; router i listens on 127.0.0.(i+1), so several share the ports.
     pub async fn start_router(&mut self, name: &str, grace_ms: u64) -> usize {
+        self.start_router_with_env(name, grace_ms, &[]).await
+    }
+
+    pub async fn start_router_with_env(&mut self, name: &str, grace_ms: u64, extra: &[(&str, String)]) -> usize {
         let host = format!("127.0.0.{}", self.routers.len() + 1);
-        let env = [
+        let mut env = vec![
             ("PGCELL_ROUTER_NAME", name.to_string()),
             ("PGCELL_PASSWORD", ROUTER_PASSWORD.to_string()),
             ("PGCELL_GRACE_MS", grace_ms.to_string()),
             ("PGCELL_LISTEN_HOST", host.clone()),
             ("PGCELL_ADVERTISE_HOST", host.clone()),
         ];
+        env.extend(extra.iter().cloned());
         let router = self.spawn_daemon(name, "router", &host, &env).await;
         self.routers.push(router);
         self.routers.len() - 1
@@ -412,6 +417,15 @@ impl Deployment {
     /// Names of this deployment's containers (running or not).
     pub fn containers(&self) -> Vec<String> {
         docker_names(&format!("label=org.pgcell.deployment={}", self.id))
+    }
+
+    /// The PostgreSQL port of instance `id`'s member on cell `cell`, from its placement.
+    pub async fn member_port(&self, id: &str, cell: usize) -> u16 {
+        let mut c = self.etcd.client().await;
+        let key = format!("/pgcell/placements/{}/{id}", self.cells[cell].name);
+        let resp = c.get(key.as_str(), None).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(resp.kvs().first().expect(&key).value()).unwrap();
+        v["pg_port"].as_u64().unwrap() as u16
     }
 
     /// The superuser URL of a member port of instance `id`.
@@ -496,7 +510,7 @@ pub async fn seed_cluster(d: &Deployment, id: &str, cells: &[usize]) {
                 .await;
         assert_eq!(r.status, 201, "{}", r.text);
         if i == 0 {
-            let url = d.superuser_url(id, cell.ports.0).await;
+            let url = d.superuser_url(id, d.member_port(id, c).await).await;
             wait_for("the first member accepting writes", Duration::from_secs(60), || {
                 let url = url.clone();
                 async move {
@@ -508,7 +522,7 @@ pub async fn seed_cluster(d: &Deployment, id: &str, cells: &[usize]) {
             .await;
         }
     }
-    let leader = d.superuser_url(id, d.cells[cells[0]].ports.0).await;
+    let leader = d.superuser_url(id, d.member_port(id, cells[0]).await).await;
     let want = cells.len() - 1;
     wait_for("every replica streaming", Duration::from_secs(120), || {
         let url = leader.clone();
