@@ -120,13 +120,29 @@ async fn etcd_restart_and_outage_restart_nothing_and_routers_fence_then_recover(
     assert!(d.routers[0].log().contains("refusing new connections"), "{}", d.routers[0].log());
     tokio::time::sleep(Duration::from_secs(2)).await;
     d.etcd.resume();
-    let t1 = Instant::now();
-    wait_for("the router to route again", Duration::from_secs(10), || {
-        let ok = psql(&via_router, "select 1").ok();
-        async move { ok }
+    // "Back" is when etcd serves a read (it accepts connections a second or so
+    // before it has elected itself).
+    let endpoint = d.etcd.endpoint.clone();
+    let t1 = wait_for("etcd to serve", Duration::from_secs(15), || {
+        let endpoint = endpoint.clone();
+        async move {
+            let opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(100));
+            let read = async { etcd_client::Client::connect([endpoint], Some(opts)).await?.get("/", None).await };
+            let ok = matches!(tokio::time::timeout(Duration::from_millis(200), read).await, Ok(Ok(_)));
+            ok.then(Instant::now)
+        }
     })
     .await;
-    eprintln!("etcd back: routing again after {:.2}s", t1.elapsed().as_secs_f64());
+    loop {
+        if psql(&via_router, "select 1").is_ok() {
+            break;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(10), "the router does not route again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let back = t1.elapsed();
+    eprintln!("etcd back: routing again {:.0} ms after etcd served", back.as_secs_f64() * 1000.0);
+    assert!(back < Duration::from_secs(1), "routing resumed {back:?} after etcd served");
     // Patroni demotes a leader that cannot reach etcd (it cannot tell an outage
     // from a partition), but pgcell restarts no container.
     assert_eq!(container_starts(&d), starts, "no container restarted by pgcell");

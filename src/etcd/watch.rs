@@ -36,6 +36,11 @@ pub enum WatchEvent {
     },
 }
 
+/// Retries of a broken watch back off to this (plus jitter), no further: a
+/// retry is one cheap request, and routing must resume within a second of
+/// etcd coming back.
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
+
 /// Silence longer than this is probed with a progress request.
 const PROBE_AFTER: Duration = Duration::from_secs(5);
 
@@ -47,7 +52,7 @@ pub fn watch_prefix(client: Client, prefix: String) -> mpsc::UnboundedReceiver<W
 }
 
 async fn run(mut client: Client, prefix: String, tx: mpsc::UnboundedSender<WatchEvent>) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
     let mut next_rev: Option<i64> = None;
     while !tx.is_closed() {
         let error = match watch_once(&mut client, &prefix, &mut next_rev, &tx, &mut backoff).await {

@@ -10,6 +10,7 @@
 //! cargo run --release --example router_bench -- conns [N]            # KiB per idle proxied connection, <= 40 KiB
 //! cargo run --release --example router_bench -- all                   # the three above
 //! cargo run --release --example router_bench -- hop [BLOCKS]         # added round-trip latency, router vs haproxy
+//! cargo run --release --example router_bench -- outage [ROUNDS]      # etcd back -> routing again, <= 1 s
 //! ```
 //!
 //! Each mode starts its own etcd (temp dir, free ports), or uses
@@ -27,6 +28,8 @@ use anyhow::{Context, bail, ensure};
 use etcd_client::{Client, Txn, TxnOp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod outage;
 
 const LOOPBACK: &str = "127.0.0.1";
 const PASSWORD: &str = "router-bench-password";
@@ -65,13 +68,14 @@ async fn main() {
             "rss" => Ok(vec![rss(n.unwrap_or(1000)).await?]),
             "conns" => Ok(vec![conns(n.unwrap_or(2000)).await?]),
             "hop" => Ok(vec![hop(n.unwrap_or(15)).await?]),
+            "outage" => Ok(vec![outage::outage(n.unwrap_or(20)).await?]),
             "all" => {
                 let mut v = vec![switch(200).await?];
                 v.push(rss(1000).await?);
                 v.push(conns(2000).await?);
                 Ok(v)
             }
-            other => Err(anyhow::anyhow!("unknown mode {other:?}: use switch, rss, conns, all or hop")),
+            other => Err(anyhow::anyhow!("unknown mode {other:?}: use switch, rss, conns, all, hop or outage")),
         }
     };
     // Ctrl-C drops the running benchmark, so its guard kills what it started.
@@ -111,6 +115,8 @@ fn summary_header() -> String {
 struct Guard {
     children: Vec<(&'static str, Child)>,
     external_etcd: Option<String>,
+    /// Client and peer port of the etcd this run started.
+    etcd_ports: Option<(u16, u16)>,
     prefixes: Vec<String>,
     dir: tempfile::TempDir,
 }
@@ -190,11 +196,17 @@ where
 
 impl Harness {
     async fn start(mode: &str) -> anyhow::Result<Self> {
+        Self::start_with(mode, &[]).await
+    }
+
+    /// Starts etcd and a router with `env` added to the router's environment.
+    async fn start_with(mode: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("pgcell-router-bench").tempdir()?;
         let id_prefix = format!("rb{}-{mode}-", std::process::id());
         let mut guard = Guard {
             children: vec![],
             external_etcd: None,
+            etcd_ports: None,
             prefixes: vec![format!("/pgcell/instances/{id_prefix}"), format!("/service/cf-{id_prefix}")],
             dir,
         };
@@ -224,6 +236,7 @@ impl Harness {
             .env("PGCELL_ADVERTISE_HOST", LOOPBACK)
             .env("PGCELL_ETCD_ENDPOINTS", guard.external_etcd.clone().unwrap_or_else(|| endpoint.clone()))
             .env("PGCELL_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(f.try_clone()?)
             .stderr(f)
@@ -308,10 +321,17 @@ impl Harness {
 
 fn start_etcd(guard: &mut Guard) -> anyhow::Result<String> {
     let (client, peer) = (free_port()?, free_port()?);
+    guard.etcd_ports = Some((client, peer));
+    spawn_etcd(guard, client, peer)
+}
+
+/// Starts etcd on these ports and the guard's data dir (again, after `outage` killed it).
+fn spawn_etcd(guard: &mut Guard, client: u16, peer: u16) -> anyhow::Result<String> {
     let endpoint = format!("{LOOPBACK}:{client}");
     let client_url = format!("http://{endpoint}");
     let peer_url = format!("http://{LOOPBACK}:{peer}");
-    let log = std::fs::File::create(guard.dir.path().join("etcd.log"))?;
+    let path = guard.dir.path().join("etcd.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     let child = Command::new("etcd")
         .args(["--data-dir", &guard.dir.path().join("etcd").display().to_string()])
         .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
