@@ -10,11 +10,20 @@
 # Starts its own etcd, one cell agent, one router and haproxy (release binary,
 # loopback only) and removes all of it on exit, even on failure.
 #
+# Two CPU layouts, each measured in full (BENCH_LAYOUTS, default both):
+#   shared  every process may run on every core: on this 2-core machine the
+#           proxy takes its CPU from pgbench and PostgreSQL.
+#   split   PostgreSQL's container and pgbench on core 0, the proxy (router or
+#           haproxy) on core 1: the proxy on a host of its own, as deployed.
+#           Direct gets core 0 only, so every ratio compares like with like.
+# The verdict is on the split layout; the shared one is reported beside it.
+#
 #   bench/router-pgbench.sh                 # 15 s per target and client count
 #   BENCH_SECONDS=30 bench/router-pgbench.sh
 #
 # Env: BENCH_SECONDS (15: per target and client count, split into BENCH_ROUNDS
-# interleaved rounds, default 3), BENCH_SCALE (10), CARGO_TARGET_DIR
+# interleaved rounds, default 3), BENCH_CLIENTS ("1 32"), BENCH_LAYOUTS ("shared split"),
+# BENCH_SCALE (10), CARGO_TARGET_DIR
 # (/var/tmp/pgcell-target), PGCELL_BIN (skip the build and use this binary).
 # The router inherits the environment, so e.g. PGCELL_DATA_THREADS=1 applies to it.
 set -euo pipefail
@@ -24,13 +33,15 @@ SECONDS_PER_RUN="${BENCH_SECONDS:-15}"
 ROUNDS="${BENCH_ROUNDS:-3}"
 ROUND_SECONDS=$(((SECONDS_PER_RUN + ROUNDS - 1) / ROUNDS))
 SCALE="${BENCH_SCALE:-10}"
+CLIENTS="${BENCH_CLIENTS:-1 32}"
+LAYOUTS="${BENCH_LAYOUTS:-shared split}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgcell-target}"
 
 log() { echo "router-pgbench: $*" >&2; }
 DIED=0
 die() { log "FAILED: $*"; DIED=1; exit 2; }
 
-for tool in etcd etcdctl psql pgbench haproxy docker curl ss; do
+for tool in etcd etcdctl psql pgbench haproxy docker curl ss taskset; do
   command -v "$tool" >/dev/null || die "$tool is not installed (scripts/setup.sh)"
 done
 
@@ -199,64 +210,87 @@ TICK_US=$((1000000 / $(getconf CLK_TCK)))
 # rounds (target order rotated each round), so load from anything else on the
 # machine falls on the three targets alike.
 declare -A TPSSUM LATSUM NTX TICKS
-run() { # target port clients threads proxy-pid
-  local target="$1" port="$2" c="$3" j="$4" pid="${5:-}" out t0=0 t1=0 n tps lat
+PGBENCH=(pgbench)
+run() { # layout target port clients threads proxy-pid
+  local l="$1" target="$2" port="$3" c="$4" j="$5" pid="${6:-}" out t0=0 t1=0 n tps lat
   if [ -n "$pid" ]; then t0="$(cpu_ticks "$pid")"; fi
-  out="$(pgbench -h 127.0.0.1 -p "$port" -S -n -c "$c" -j "$j" -T "$ROUND_SECONDS" 2>&1)" \
+  out="$("${PGBENCH[@]}" -h 127.0.0.1 -p "$port" -S -n -c "$c" -j "$j" -T "$ROUND_SECONDS" 2>&1)" \
     || die "pgbench via $target: $out"
   if [ -n "$pid" ]; then t1="$(cpu_ticks "$pid")"; fi
   tps="$(awk '/^tps = /{print $3; exit}' <<<"$out")"
   lat="$(awk '/^latency average = /{print $4; exit}' <<<"$out")"
   n="$(awk '/^number of transactions actually processed: /{print $6; exit}' <<<"$out")"
-  log "  $target, $c client(s): $tps tps, $lat ms"
-  TPSSUM[$target,$c]="$(awk -v a="${TPSSUM[$target,$c]:-0}" -v b="$tps" 'BEGIN{print a + b}')"
-  LATSUM[$target,$c]="$(awk -v a="${LATSUM[$target,$c]:-0}" -v b="$lat" -v n="$n" 'BEGIN{print a + b * n}')"
-  NTX[$target,$c]=$((${NTX[$target,$c]:-0} + n))
-  TICKS[$target,$c]=$((${TICKS[$target,$c]:-0} + t1 - t0))
+  log "  $l: $target, $c client(s): $tps tps, $lat ms"
+  local k="$l,$target,$c"
+  TPSSUM[$k]="$(awk -v a="${TPSSUM[$k]:-0}" -v b="$tps" 'BEGIN{print a + b}')"
+  LATSUM[$k]="$(awk -v a="${LATSUM[$k]:-0}" -v b="$lat" -v n="$n" 'BEGIN{print a + b * n}')"
+  NTX[$k]=$((${NTX[$k]:-0} + n))
+  TICKS[$k]=$((${TICKS[$k]:-0} + t1 - t0))
 }
 # etcd's revision counts writes: Patroni's (its keys are the only ones changing
 # during the runs), each one an event the router handles.
 etcd_revision() {
   ETCDCTL_API=3 etcdctl --endpoints "$ETCD" endpoint status -w json | grep -o '"revision":[0-9]*' | cut -d: -f2
 }
+CONTAINER="pgcell-cf-$ID-${DEPLOYMENT}-c0"
+# Puts PostgreSQL's container and pgbench on `db` cores and the proxies on `proxy` cores.
+place() { # db-cores proxy-cores
+  docker update --cpuset-cpus "$1" "$CONTAINER" >/dev/null || die "docker update --cpuset-cpus $1 $CONTAINER"
+  for pid in "$ROUTER_PID" "$HAPROXY_PID"; do
+    taskset -a -cp "$2" "$pid" >/dev/null || die "taskset $2 $pid"
+  done
+  PGBENCH=(taskset -c "$1" pgbench)
+}
 REV0="$(etcd_revision)"; REV_T0=$SECONDS
 declare -A TPS LAT CPU
 TARGETS=(direct router haproxy)
-for c in 1 32; do
-  if [ "$c" -gt 1 ]; then j=2; else j=1; fi
-  for ((round = 0; round < ROUNDS; round++)); do
-    log "pgbench -S -c $c -j $j -T $ROUND_SECONDS, round $((round + 1))/$ROUNDS"
-    for ((k = 0; k < 3; k++)); do
-      target="${TARGETS[$(((round + k) % 3))]}"
-      case "$target" in
-        direct) port="$PG_PORT"; pid="" ;;
-        router) port="$ROUTER_PORT"; pid="$ROUTER_PID" ;;
-        haproxy) port="$HAPROXY_PORT"; pid="$HAPROXY_PID" ;;
-      esac
-      run "$target" "$port" "$c" "$j" "$pid"
+ALL_CORES="0-$(($(nproc) - 1))"
+for l in $LAYOUTS; do
+  case "$l" in
+    shared) place "$ALL_CORES" "$ALL_CORES" ;;
+    split) [ "$(nproc)" -ge 2 ] || die "the split layout needs 2 cores"; place 0 1 ;;
+    *) die "unknown layout $l (shared or split)" ;;
+  esac
+  for c in $CLIENTS; do
+    if [ "$c" -gt 1 ]; then j=2; else j=1; fi
+    for ((round = 0; round < ROUNDS; round++)); do
+      log "$l: pgbench -S -c $c -j $j -T $ROUND_SECONDS, round $((round + 1))/$ROUNDS"
+      for ((k = 0; k < 3; k++)); do
+        target="${TARGETS[$(((round + k) % 3))]}"
+        case "$target" in
+          direct) port="$PG_PORT"; pid="" ;;
+          router) port="$ROUTER_PORT"; pid="$ROUTER_PID" ;;
+          haproxy) port="$HAPROXY_PORT"; pid="$HAPROXY_PID" ;;
+        esac
+        run "$l" "$target" "$port" "$c" "$j" "$pid"
+      done
+    done
+    for target in "${TARGETS[@]}"; do
+      k="$l,$target,$c"
+      TPS[$k]="$(awk -v a="${TPSSUM[$k]}" -v r="$ROUNDS" 'BEGIN{print a / r}')"
+      LAT[$k]="$(awk -v a="${LATSUM[$k]}" -v n="${NTX[$k]}" 'BEGIN{print a / n}')"
+      CPU[$k]="-"
+      if [ "$target" != direct ]; then
+        CPU[$k]="$(awk -v d="${TICKS[$k]}" -v us="$TICK_US" -v n="${NTX[$k]}" 'BEGIN{printf "%.1f", d * us / n}')"
+      fi
     done
   done
-  for target in "${TARGETS[@]}"; do
-    TPS[$target,$c]="$(awk -v a="${TPSSUM[$target,$c]}" -v r="$ROUNDS" 'BEGIN{print a / r}')"
-    LAT[$target,$c]="$(awk -v a="${LATSUM[$target,$c]}" -v n="${NTX[$target,$c]}" 'BEGIN{print a / n}')"
-    CPU[$target,$c]="-"
-    if [ "$target" != direct ]; then
-      CPU[$target,$c]="$(awk -v d="${TICKS[$target,$c]}" -v us="$TICK_US" -v n="${NTX[$target,$c]}" \
-        'BEGIN{printf "%.1f", d * us / n}')"
-    fi
-  done
 done
+place "$ALL_CORES" "$ALL_CORES"
 
 REV1="$(etcd_revision)"; REV_T1=$SECONDS
 ROUTER_RSS="$(awk '/^VmRSS/{print $2, $3}' "/proc/$ROUTER_PID/status" 2>/dev/null || echo '?')"
 
 echo "router-pgbench: started $START, $(nproc) cores, load average at the end $(cut -d' ' -f1-3 /proc/loadavg)," \
   "pgbench -S, scale $SCALE, $ROUNDS interleaved rounds of ${ROUND_SECONDS}s per target"
-printf '%-8s %7s %10s %14s %10s %16s\n' target clients TPS "mean lat (ms)" "vs direct" "proxy CPU us/tx"
-for c in 1 32; do
-  for target in direct router haproxy; do
-    printf '%-8s %7s %10.0f %14.3f %9.3fx %16s\n' "$target" "$c" "${TPS[$target,$c]}" "${LAT[$target,$c]}" \
-      "$(awk -v a="${TPS[$target,$c]}" -v b="${TPS[direct,$c]}" 'BEGIN{print a/b}')" "${CPU[$target,$c]}"
+printf '%-7s %-8s %7s %10s %14s %10s %16s\n' layout target clients TPS "mean lat (ms)" "vs direct" "proxy CPU us/tx"
+for l in $LAYOUTS; do
+  for c in $CLIENTS; do
+    for target in direct router haproxy; do
+      k="$l,$target,$c"
+      printf '%-7s %-8s %7s %10.0f %14.3f %9.3fx %16s\n' "$l" "$target" "$c" "${TPS[$k]}" "${LAT[$k]}" \
+        "$(awk -v a="${TPS[$k]}" -v b="${TPS[$l,direct,$c]}" 'BEGIN{print a/b}')" "${CPU[$k]}"
+    done
   done
 done
 echo "router RSS after the runs: $ROUTER_RSS; etcd writes during the runs (Patroni, one 1-member cluster):" \
@@ -266,9 +300,17 @@ verdict=0
 check() { # description condition(awk expr)
   if awk "BEGIN{exit !($2)}"; then echo "PASS  $1"; else echo "FAIL  $1"; verdict=1; fi
 }
-for c in 1 32; do
-  r="${TPS[router,$c]}"; d="${TPS[direct,$c]}"; h="${TPS[haproxy,$c]}"
-  check "router >= 0.90x direct TPS at $c client(s) ($(awk -v a="$r" -v b="$d" 'BEGIN{printf "%.3f", a/b}')x)" "$r >= 0.90 * $d"
-  check "router >= haproxy TPS at $c client(s) ($(awk -v a="$r" -v b="$h" 'BEGIN{printf "%.3f", a/b}')x haproxy)" "$r >= $h"
+for l in $LAYOUTS; do
+  for c in $CLIENTS; do
+    r="${TPS[$l,router,$c]}"; d="${TPS[$l,direct,$c]}"; h="${TPS[$l,haproxy,$c]}"
+    ratio="$(awk -v a="$r" -v b="$d" 'BEGIN{printf "%.3f", a/b}')"
+    vs_h="$(awk -v a="$r" -v b="$h" 'BEGIN{printf "%.3f", a/b}')"
+    if [ "$l" = split ]; then
+      check "$l: router >= 0.90x direct TPS at $c client(s) (${ratio}x)" "$r >= 0.90 * $d"
+      check "$l: router >= haproxy TPS at $c client(s) (${vs_h}x haproxy)" "$r >= $h"
+    else
+      echo "INFO  $l: router ${ratio}x direct, ${vs_h}x haproxy at $c client(s)"
+    fi
+  done
 done
 exit "$verdict"
