@@ -141,3 +141,31 @@ async fn failed_actors_are_restarted_with_state_rebuilt_and_nothing_else_stops()
     })
     .await;
 }
+
+/// The cell actor is the root of the agent: when it fails the agent exits
+/// (non-zero, for its service manager), and a new agent re-adopts everything.
+#[tokio::test]
+async fn a_failed_cell_actor_ends_the_agent_and_the_next_agent_readopts() {
+    let mut d = Deployment::start(0).await;
+    let name = format!("{}-c0", d.id);
+    d.add_cell_with_env(&name, &[("PGCELL_FAILPOINTS", "true".to_string())]).await;
+    seed_cluster(&d, "1", &[0]).await;
+    let url = d.superuser_url("1", d.member_port("1", 0).await).await;
+    let started = psql(&url, "select pg_postmaster_start_time()").unwrap();
+    let fail = d.cells[0].url(&format!("/debug/actors/cell/{name}/fail"));
+    assert_eq!(call("POST", &fail, SEED_AUTH, None).await.status, 202);
+    let status = d.cells[0].wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "the agent must exit non-zero: {status:?}");
+    assert!(d.cells[0].log().contains("the cell actor failed (panicked: injected failure"), "{}", d.cells[0].log());
+    d.cells[0].start_agent();
+    let actors = d.cells[0].url("/debug/actors");
+    wait_for("the member re-adopted", Duration::from_secs(15), || {
+        let a = actors.clone();
+        async move {
+            let all = call("GET", &a, SEED_AUTH, None).await.body.as_array().cloned()?;
+            all.iter().any(|x| x["kind"] == "container" && x["state"] == "running").then_some(())
+        }
+    })
+    .await;
+    assert_eq!(psql(&url, "select pg_postmaster_start_time()").unwrap(), started, "PostgreSQL kept running");
+}

@@ -330,7 +330,7 @@ impl Handler<ChildEnded> for CellActor {
     }
 }
 
-/// Fault injection: make one child actor fail (see [`InjectFailure`]).
+/// Fault injection: make one child actor, or the cell actor itself, fail (see [`InjectFailure`]).
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct FailChild {
@@ -341,11 +341,16 @@ pub struct FailChild {
 impl Handler<FailChild> for CellActor {
     type Result = Result<(), String>;
 
-    fn handle(&mut self, FailChild { kind, id }: FailChild, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, FailChild { kind, id }: FailChild, ctx: &mut Context<Self>) -> Self::Result {
+        if kind == "cell" && id == self.deps.cfg.name {
+            // After this reply, so the caller hears that it was accepted.
+            ctx.run_later(Duration::ZERO, |_, _| panic!("injected failure in the cell actor"));
+            return Ok(());
+        }
         match kind.as_str() {
             "container" => self.members.get(&id).map(|a| a.do_send(InjectFailure)),
             "cluster" => self.clusters.get(&id).map(|a| a.do_send(InjectFailure)),
-            _ => return Err(format!("no actor kind {kind:?} here: container or cluster")),
+            _ => return Err(format!("no actor kind {kind:?} here: cell, container or cluster")),
         }
         .ok_or_else(|| format!("no {kind} actor {id:?} on this cell"))
     }

@@ -192,6 +192,19 @@ impl Cell {
     }
 
     /// Starts the agent again (after a kill or a stop).
+    /// Waits for the agent to exit by itself; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("agent running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the agent did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn start_agent(&mut self) {
         assert!(self.child.is_none(), "agent already running");
         self.spawn();
