@@ -148,6 +148,53 @@ async fn etcd_restart_and_outage_restart_nothing_and_routers_fence_then_recover(
     assert_eq!(container_starts(&d), starts, "no container restarted by pgcell");
 }
 
+/// A router cut off from etcd (within its grace) misses a switchover; once
+/// its link is back its watches resume from their revision and it follows.
+#[tokio::test]
+async fn a_leader_change_made_while_the_router_is_cut_off_is_seen_after_it() {
+    let mut d = Deployment::start(2).await;
+    let mut link = EtcdLink::new(&d.etcd.endpoint);
+    d.start_router_with_env("r1", 30_000, &[("PGCELL_ETCD_ENDPOINTS", format!("127.0.0.1:{}", link.port))]).await;
+    seed_cluster(&d, "1", &[0, 1]).await;
+    let via_router = d.superuser_url("1", d.router_port("1").await).await;
+    let server_port = |url: &str| psql(url, "select inet_server_port()").ok();
+    let (a_port, b_port) = (d.cells[0].ports.0.to_string(), d.cells[1].ports.0.to_string());
+    wait_for("the router to reach A", Duration::from_secs(10), || {
+        let ok = server_port(&via_router) == Some(a_port.clone());
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    link.cut();
+    let secrets = d.secrets("1").await;
+    let admin = ("admin", secrets["admin"].as_str().unwrap());
+    let body = format!(r#"{{"leader":"cf-1-{}","candidate":"cf-1-{}"}}"#, d.cells[0].name, d.cells[1].name);
+    let switch = format!("http://127.0.0.1:{}/switchover", d.cells[0].ports.0 + 1);
+    let r = wait_for("Patroni to accept the switchover", Duration::from_secs(20), || {
+        let (u, b) = (switch.clone(), body.clone());
+        async move { Some(call("POST", &u, Some(admin), Some(&b)).await).filter(|r| r.status != 412) }
+    })
+    .await;
+    assert_eq!(r.status, 200, "switchover: {}", r.text);
+    let direct_b = d.superuser_url("1", d.cells[1].ports.0).await;
+    wait_for("B to be the primary", Duration::from_secs(30), || {
+        let ok = psql(&direct_b, "select pg_is_in_recovery()").ok() == Some("f".into());
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let routes = d.routers[0].routes().await;
+    assert!(routes.to_string().contains(&format!(":{a_port}")), "cut off, the router still has A: {routes}");
+
+    link.up();
+    let t0 = Instant::now();
+    wait_for("the router to follow the switchover it missed", Duration::from_secs(10), || {
+        let ok = server_port(&via_router) == Some(b_port.clone());
+        async move { ok.then_some(()) }
+    })
+    .await;
+    eprintln!("link back: the router follows the missed switchover after {:.2}s", t0.elapsed().as_secs_f64());
+}
+
 /// Each container's Docker start time.
 fn container_starts(d: &Deployment) -> Vec<String> {
     d.containers()

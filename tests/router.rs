@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::http::call;
@@ -35,14 +35,7 @@ async fn routes_follow_switchover_cut_old_connections_and_refuse_without_leader(
     assert_eq!(d.routers[0].routes().await, d.routers[1].routes().await, "two routers, one table");
 
     // A session held open through the router across the switchover.
-    let mut held = Command::new("psql")
-        .args([via_router.as_str(), "-X", "-tA", "-v", "ON_ERROR_STOP=1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = held.stdin.take().unwrap();
+    let (held, mut stdin) = psql_session(&via_router);
     writeln!(stdin, "select 'before';").unwrap();
 
     let secrets = d.secrets("1").await;

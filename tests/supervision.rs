@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::http::{SEED_AUTH, call};
@@ -85,14 +85,7 @@ async fn failed_actors_are_restarted_with_state_rebuilt_and_nothing_else_stops()
     assert!(d.cells[0].log().contains("actor failed; starting it again"));
 
     // The router's table actor fails: ports keep serving, an open session is kept.
-    let mut held = Command::new("psql")
-        .args([via_router.as_str(), "-X", "-tA", "-v", "ON_ERROR_STOP=1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = held.stdin.take().unwrap();
+    let (held, mut stdin) = psql_session(&via_router);
     writeln!(stdin, "select 'before';").unwrap();
     let router_fail = d.routers[0].url("/debug/actors/router_table/routes/fail");
     assert_eq!(call("POST", &router_fail, ROUTER_AUTH, None).await.status, 202);

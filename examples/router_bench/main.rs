@@ -177,7 +177,16 @@ fn pgcell_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_every(what, timeout, Duration::from_millis(50), f).await
+}
+
+/// `f` until it gives a value, trying every `step`.
+async fn wait_every<T, F, Fut>(what: &str, timeout: Duration, step: Duration, mut f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -190,7 +199,7 @@ where
         if start.elapsed() > timeout {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(step).await;
     }
 }
 

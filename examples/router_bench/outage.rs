@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use etcd_client::{Client, ConnectOptions};
 
-use super::{Harness, Outcome, ms, percentile, probe, progress, spawn_etcd, tag_server, wait_until};
+use super::{Harness, Outcome, ms, percentile, probe, progress, spawn_etcd, tag_server, wait_every, wait_until};
 
 const GRACE_MS: &str = "1000";
 const TARGET: Duration = Duration::from_secs(1);
+/// The times measured are short: poll often.
+const STEP: Duration = Duration::from_millis(5);
+const LIMIT: Duration = Duration::from_secs(15);
 
 pub async fn outage(rounds: usize) -> anyhow::Result<Outcome> {
     ensure!(
@@ -46,7 +49,7 @@ pub async fn outage(rounds: usize) -> anyhow::Result<Outcome> {
         let endpoint = spawn_etcd(&mut h.guard, client, peer)?;
         let spawned = Instant::now();
         // A fresh client per attempt: a cached one would add its own reconnect delay.
-        let serving = poll("etcd to serve again", || {
+        let serving = wait_every("etcd to serve again", LIMIT, STEP, || {
             let endpoint = endpoint.clone();
             async move {
                 let read = async {
@@ -58,7 +61,7 @@ pub async fn outage(rounds: usize) -> anyhow::Result<Outcome> {
             }
         })
         .await?;
-        poll("routing again", routed).await?;
+        wait_every("routing again", LIMIT, STEP, routed).await?;
         let took = serving.elapsed();
         progress(format!(
             "round {}: etcd down {:.1} s, serving {:.0} ms after its start; routing again {:.0} ms after that",
@@ -92,20 +95,4 @@ fn kill_etcd(h: &mut Harness) -> anyhow::Result<()> {
     child.kill()?;
     child.wait()?;
     Ok(())
-}
-
-/// Like `wait_until`, but every 5 ms: the times measured here are short.
-async fn poll<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        ensure!(start.elapsed() < Duration::from_secs(15), "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }

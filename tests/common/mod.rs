@@ -334,11 +334,12 @@ impl Deployment {
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(pgcell_bin())
             .arg(subcommand)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("PGCELL_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
             .env("PGCELL_BROKER_LISTEN", format!("127.0.0.1:{http_port}"))
             .env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint)
             .env("PGCELL_LOG", "info,pgcell=debug")
+            // Last, so a daemon can be given e.g. its own way to etcd.
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
@@ -487,6 +488,20 @@ pub fn docker_names(filter: &str) -> Vec<String> {
 
 pub fn docker_ids(filter: &str) -> Vec<String> {
     docker_ps(filter, "{{.ID}}")
+}
+
+/// A `psql` session held open: statements go to its stdin; dropping the
+/// stdin ends it.
+pub fn psql_session(url: &str) -> (std::process::Child, std::process::ChildStdin) {
+    let mut held = Command::new("psql")
+        .args([url, "-X", "-tA", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = held.stdin.take().unwrap();
+    (held, stdin)
 }
 
 /// `psql -tA` with a URL; `Err` carries psql's stderr.
