@@ -32,6 +32,9 @@ pub struct CellActor {
     children: Children,
     /// Members whose container is being removed: not orphans, not to adopt.
     retiring: BTreeSet<String>,
+    /// Children that failed and wait out their backoff before they are
+    /// started again: not orphans, not to adopt yet.
+    restarting: BTreeSet<(&'static str, String)>,
     reconciling: bool,
     dirty: bool,
     docker_backoff: Backoff,
@@ -49,6 +52,7 @@ impl CellActor {
             clusters: HashMap::new(),
             children: Children::default(),
             retiring: BTreeSet::new(),
+            restarting: BTreeSet::new(),
             reconciling: false,
             dirty: false,
             docker_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
@@ -83,7 +87,8 @@ impl CellActor {
     }
 
     fn apply_plan(&mut self, containers: &[docker::MemberContainer], ctx: &mut Context<Self>) {
-        let actors: BTreeSet<String> = self.members.keys().chain(&self.retiring).cloned().collect();
+        let waiting = self.restarting.iter().filter(|(k, _)| *k == "container").map(|(_, m)| m);
+        let actors: BTreeSet<String> = self.members.keys().chain(&self.retiring).chain(waiting).cloned().collect();
         let plan = plan(&self.desired, &actors, containers);
         for p in plan.purge {
             self.purge(p, ctx);
@@ -131,6 +136,7 @@ impl CellActor {
         }
         let actor = self.members.remove(&p.member);
         self.children.release("container", &p.member);
+        self.restarting.remove(&("container", p.member.clone()));
         let deps = self.deps.clone();
         let member = p.member.clone();
         let work = async move {
@@ -180,7 +186,7 @@ impl CellActor {
             keep
         });
         for scope in scopes {
-            if self.clusters.contains_key(&scope) {
+            if self.clusters.contains_key(&scope) || self.restarting.contains(&("cluster", scope.clone())) {
                 continue;
             }
             let (generation, restarts, last_error) = self.children.starting("cluster", &scope);
@@ -263,6 +269,7 @@ impl Handler<EnsureMember> for CellActor {
 
     fn handle(&mut self, EnsureMember(p): EnsureMember, ctx: &mut Context<Self>) -> Self::Result {
         self.desired.insert(p.clone());
+        self.restarting.remove(&("container", p.member.clone()));
         let addr = match self.members.get(&p.member) {
             Some(a) => a.clone(),
             None => self.adopt(p, ctx),
@@ -284,6 +291,7 @@ impl Handler<RetireMember> for CellActor {
         self.desired.remove(&p.cell, &p.instance_id);
         let addr = self.members.remove(&p.member);
         self.children.release("container", &p.member);
+        self.restarting.remove(&("container", p.member.clone()));
         self.retiring.insert(p.member.clone());
         self.follow_clusters(ctx);
         let deps = self.deps.clone();
@@ -311,20 +319,17 @@ impl Handler<ChildEnded> for CellActor {
         let Verdict::Restart(delay) = self.children.ended(&ev) else { return };
         crate::http::metrics::inc(&crate::http::metrics::COUNTERS.actor_restarts);
         tracing::error!(kind = ev.kind, id = %ev.id, reason = %ev.reason, ?delay, "actor failed; starting it again");
-        // The dead actor's address stays until the delay is over, so a
-        // reconcile meanwhile does not start it early.
-        ctx.run_later(delay, move |act, ctx| match ev.kind {
-            "container" => {
-                if act.members.get(&ev.id).is_some_and(|a| !a.connected()) {
-                    act.members.remove(&ev.id);
-                }
+        // The dead address goes now (a retire or a purge meanwhile then works
+        // on the container directly); `restarting` keeps a reconcile from
+        // starting the child before its backoff is over.
+        match ev.kind {
+            "container" => self.members.remove(&ev.id).map(drop),
+            _ => self.clusters.remove(&ev.id).map(drop),
+        };
+        self.restarting.insert((ev.kind, ev.id.clone()));
+        ctx.run_later(delay, move |act, ctx| {
+            if act.restarting.remove(&(ev.kind, ev.id)) {
                 act.reconcile(ctx);
-            }
-            _ => {
-                if act.clusters.get(&ev.id).is_some_and(|a| !a.connected()) {
-                    act.clusters.remove(&ev.id);
-                }
-                act.follow_clusters(ctx);
             }
         });
     }

@@ -114,7 +114,9 @@ impl Handler<GetState> for ClusterActor {
 impl Handler<InjectFailure> for ClusterActor {
     type Result = ();
 
-    fn handle(&mut self, _: InjectFailure, _: &mut Context<Self>) {
-        panic!("injected failure in the cluster actor of {}", self.view.scope);
+    fn handle(&mut self, _: InjectFailure, ctx: &mut Context<Self>) {
+        ctx.run_later(std::time::Duration::ZERO, |act, _| {
+            panic!("injected failure in the cluster actor of {}", act.view.scope)
+        });
     }
 }

@@ -183,7 +183,9 @@ impl Handler<GetState> for ContainerActor {
 impl Handler<InjectFailure> for ContainerActor {
     type Result = ();
 
-    fn handle(&mut self, _: InjectFailure, _: &mut Context<Self>) {
-        panic!("injected failure in the container actor of {}", self.placement.member);
+    fn handle(&mut self, _: InjectFailure, ctx: &mut Context<Self>) {
+        ctx.run_later(Duration::ZERO, |act, _| {
+            panic!("injected failure in the container actor of {}", act.placement.member)
+        });
     }
 }

@@ -50,7 +50,10 @@ fn now() -> f64 {
 pub struct GetState;
 
 /// Fault injection (`/debug/actors/.../fail`, only with `failpoints` on): the
-/// actor panics in its handler, as a bug would make it.
+/// actor panics, as a bug would make it. It panics from a scheduled item, not
+/// in the handler: actix handles the messages still queued while the actor is
+/// dropped, and a second injected panic during that unwinding would abort the
+/// process.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct InjectFailure;

@@ -110,7 +110,9 @@ impl RouterTableActor {
 
     fn remove_port(&mut self, port: u16) {
         // Dropping the entry stops its listener and drops its sender: open connections see it and close.
-        if let Some((_, entry)) = self.table.remove(&port) {
+        if let Some((_, entry)) = self.table.remove(&port)
+            && self.published.get(&entry.instance) == Some(&port)
+        {
             self.published.remove(&entry.instance);
         }
         tracing::info!(port, "router port released");
@@ -118,6 +120,12 @@ impl RouterTableActor {
 
     fn publish(&mut self, port: u16, Route { instance, primary }: Route) {
         let primary = if self.fenced { None } else { primary };
+        // A port taken over by another instance (while this actor was not
+        // following), or whose listener ended, gets a fresh entry.
+        let stale = self.table.get(&port).is_some_and(|e| e.instance != instance || !e.is_serving());
+        if stale {
+            self.remove_port(port);
+        }
         match self.table.get(&port) {
             Some(state) => {
                 let changed = state.primary.send_if_modified(|cur| {
@@ -249,7 +257,7 @@ impl Handler<GetState> for RouterTableActor {
 impl Handler<InjectFailure> for RouterTableActor {
     type Result = ();
 
-    fn handle(&mut self, _: InjectFailure, _: &mut Context<Self>) {
-        panic!("injected failure in the router table actor");
+    fn handle(&mut self, _: InjectFailure, ctx: &mut Context<Self>) {
+        ctx.run_later(Duration::ZERO, |_, _| panic!("injected failure in the router table actor"));
     }
 }

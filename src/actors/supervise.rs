@@ -2,7 +2,9 @@
 //! asked to (it stopped on an error, or a handler panicked), after a backoff so
 //! a child that keeps failing cannot spin; the new child rebuilds its state from
 //! etcd and Docker. One child failing never stops its siblings: each actor is
-//! its own task, and a panic ends only that task.
+//! its own task, and a panic ends only that task. (Actix handles the messages
+//! still queued while it drops a panicked actor; if one of those panics too,
+//! Rust aborts the process, and the service manager starts it again.)
 //!
 //! Actix's own `Supervisor` restarts an actor that *stops*, but a panic drops
 //! the actor with its supervisor. So each child carries a [`Lifeline`]: it is
@@ -54,7 +56,8 @@ impl Drop for Lifeline {
     fn drop(&mut self) {
         let mut ev = self.ended.clone();
         ev.reason = if std::thread::panicking() {
-            format!("panicked: {}", LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default())
+            let msg = LAST_PANIC.try_with(|p| p.borrow_mut().take()).ok().flatten();
+            format!("panicked: {}", msg.unwrap_or_default())
         } else {
             "stopped".into()
         };
@@ -85,7 +88,7 @@ fn install() {
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown".into());
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{msg}{at}")));
+        let _ = LAST_PANIC.try_with(|p| *p.borrow_mut() = Some(format!("{msg}{at}")));
         default(info);
     }));
 }

@@ -30,6 +30,11 @@ impl PortEntry {
     pub fn new(state: PortState, listener: tokio::task::AbortHandle) -> Self {
         Self { state: Arc::new(state), listener }
     }
+
+    /// False once its listener has ended (it only ends on a panic or an abort).
+    pub fn is_serving(&self) -> bool {
+        !self.listener.is_finished()
+    }
 }
 
 impl Drop for PortEntry {
