@@ -6,33 +6,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgcell-target}"
-echo "broker bench: building the release binary" >&2
-cargo build --release --quiet --bin pgcell
-BIN="$CARGO_TARGET_DIR/release/pgcell"
-ID="bbench$$"
-DIR="$(mktemp -d /tmp/pgcell-bbench.XXXXXX)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  ids=$(docker ps -aq --filter "label=org.pgcell.deployment=$ID")
-  [ -n "$ids" ] && docker rm -f -v $ids >/dev/null
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-EC=$(free_port); EP=$(free_port)
-etcd --data-dir "$DIR/etcd" --listen-client-urls "http://127.0.0.1:$EC" --advertise-client-urls "http://127.0.0.1:$EC" \
-  --listen-peer-urls "http://127.0.0.1:$EP" --initial-advertise-peer-urls "http://127.0.0.1:$EP" \
-  --initial-cluster "default=http://127.0.0.1:$EP" >"$DIR/etcd.log" 2>&1 &
-PIDS+=($!)
-export PGCELL_ETCD_ENDPOINTS="127.0.0.1:$EC"
-ROUTER_PORTS=45000-45099
+source bench/lib.sh
+bench_init broker.sh bbench 1
+require_tools etcd etcdctl docker curl python3
+pgcell_bin
+BIN="$PGCELL_BIN"
+ID="$DEPLOYMENT"
+DIR="$TMP"
+start_etcd
+export PGCELL_ETCD_ENDPOINTS="$ETCD"
+RB=$(free_block 100)
+ROUTER_PORTS="$RB-$((RB + 99))"
 for i in 0 1 2; do
   API=$(free_port)
+  MB=$(free_block 100)
   PGCELL_CELL_NAME="$ID-c$i" PGCELL_DEPLOYMENT="$ID" PGCELL_API_LISTEN="127.0.0.1:$API" \
-  PGCELL_PORT_RANGE="$((35000 + i*100))-$((35000 + i*100 + 99))" PGCELL_DATA_ROOT="$DIR/c$i" \
+  PGCELL_PORT_RANGE="$MB-$((MB + 99))" PGCELL_DATA_ROOT="$DIR/c$i" \
   PGCELL_ROUTER_PORT_RANGE=$ROUTER_PORTS PGCELL_MEMORY_MB=512 "$BIN" cell >"$DIR/c$i.log" 2>&1 &
   PIDS+=($!)
 done

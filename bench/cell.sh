@@ -21,7 +21,6 @@
 # cargo builds; default ./target), BENCH_IDLE_SECONDS (30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT="$(pwd)"
 
 COLD=0
 for arg in "$@"; do
@@ -33,53 +32,11 @@ for arg in "$@"; do
 done
 IDLE="${BENCH_IDLE_SECONDS:-30}"
 
-log() { echo "cell.sh: $*" >&2; }
-DIED=0
-die() { log "FAILED: $*"; DIED=1; exit 1; }
-
-for tool in etcd etcdctl psql docker curl ss awk; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (scripts/setup.sh)"
-done
-
-if [ -z "${PGCELL_BIN:-}" ]; then
-  log "building the release binary"
-  cargo build --release --quiet --bin pgcell >&2
-  PGCELL_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/pgcell"
-fi
-[ -x "$PGCELL_BIN" ] || die "no binary at $PGCELL_BIN"
-
+source bench/lib.sh
+bench_init cell.sh cellbench 1
+require_tools etcd etcdctl psql docker curl ss awk
+pgcell_bin
 START="$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-DEPLOYMENT="cellbench$$-$RANDOM"
-TMP="$(mktemp -d /tmp/pgcell-cellbench.XXXXXX)"
-PIDS=()
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  log "cleaning up"
-  # Agents first (so nothing restarts a container), then etcd; by PID only.
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  local ids
-  ids="$(docker ps -aq --filter "label=org.pgcell.deployment=$DEPLOYMENT" 2>/dev/null || true)"
-  if [ -n "$ids" ]; then
-    # shellcheck disable=SC2086
-    docker rm -f -v $ids >/dev/null 2>&1 || true
-  fi
-  if [ "$DIED" = 1 ] && [ -d "$TMP" ]; then
-    for f in "$TMP"/*.log; do
-      [ -f "$f" ] && { echo "--- $f (tail) ---" >&2; tail -n 30 "$f" >&2; }
-    done
-  fi
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b - a}'; }
@@ -116,45 +73,7 @@ IMAGE_SIZE="$(docker image inspect -f '{{.Size}}' pgcell/postgres:latest | awk '
 # ---------------------------------------------------------------------------
 # etcd and two cells
 
-used_ports() { ss -Htan | awk '{n=split($4,a,":"); print a[n]}' | sort -u; }
-TAKEN=""
-free_block() {
-  local n="$1" used base p ok
-  used="$(used_ports)"
-  for _ in $(seq 1 300); do
-    base=$((20000 + RANDOM % 12000))
-    ok=1
-    for ((p = base; p < base + n; p++)); do
-      if grep -qx "$p" <<<"$used$TAKEN"; then ok=0; break; fi
-    done
-    if [ "$ok" = 1 ]; then
-      for ((p = base; p < base + n; p++)); do TAKEN="$TAKEN"$'\n'"$p"; done
-      echo "$base"
-      return
-    fi
-  done
-  die "no free block of $n ports"
-}
-
-wait_until() { # what timeout_s command...
-  local what="$1" timeout="$2"; shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || die "timed out after ${timeout}s waiting for $what"
-    sleep 0.2
-  done
-}
-
-ETCD_PORT="$(free_block 1)"; ETCD_PEER="$(free_block 1)"
-ETCD="127.0.0.1:$ETCD_PORT"
-log "starting etcd on $ETCD"
-etcd --data-dir "$TMP/etcd" \
-  --listen-client-urls "http://$ETCD" --advertise-client-urls "http://$ETCD" \
-  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
-  --initial-cluster "default=http://127.0.0.1:$ETCD_PEER" >"$TMP/etcd.log" 2>&1 &
-ETCD_PID=$!
-etcdget() { ETCDCTL_API=3 etcdctl --endpoints "$ETCD" get --print-value-only "$1"; }
-wait_until "etcd" 15 env ETCDCTL_API=3 etcdctl --endpoints "$ETCD" endpoint health
+start_etcd
 
 ROUTER_BASE="$(free_block 10)"
 declare -A API AGENT_PID
@@ -171,7 +90,6 @@ for c in "${CELLS[@]}"; do
   AGENT_PID[$c]=$!
   PIDS+=("${AGENT_PID[$c]}")
 done
-PIDS+=("$ETCD_PID")
 for c in "${CELLS[@]}"; do
   wait_until "cell $c health" 20 curl -fsS "http://127.0.0.1:${API[$c]}/healthz"
 done

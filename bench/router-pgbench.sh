@@ -37,92 +37,13 @@ CLIENTS="${BENCH_CLIENTS:-1 32}"
 LAYOUTS="${BENCH_LAYOUTS:-shared split}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgcell-target}"
 
-log() { echo "router-pgbench: $*" >&2; }
-DIED=0
-die() { log "FAILED: $*"; DIED=1; exit 2; }
-
-for tool in etcd etcdctl psql pgbench haproxy docker curl ss taskset; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (scripts/setup.sh)"
-done
-
-if [ -z "${PGCELL_BIN:-}" ]; then
-  log "building the release binary (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-  cargo build --release --quiet >&2
-  PGCELL_BIN="$CARGO_TARGET_DIR/release/pgcell"
-fi
-[ -x "$PGCELL_BIN" ] || die "no binary at $PGCELL_BIN"
-
+source bench/lib.sh
+bench_init router-pgbench bench 2
+require_tools etcd etcdctl psql pgbench haproxy docker curl ss taskset
+pgcell_bin
 START="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-DEPLOYMENT="bench$$-$RANDOM"
-TMP="$(mktemp -d /tmp/pgcell-bench.XXXXXX)"
-PIDS=()
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  log "cleaning up"
-  # The agent first, so it restarts nothing; then the rest by PID.
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  local ids
-  ids="$(docker ps -aq --filter "label=org.pgcell.deployment=$DEPLOYMENT" 2>/dev/null || true)"
-  if [ -n "$ids" ]; then
-    # shellcheck disable=SC2086
-    docker rm -f -v $ids >/dev/null 2>&1 || true
-  fi
-  if [ "$DIED" = 1 ] && [ -d "$TMP" ]; then
-    for f in "$TMP"/*.log; do
-      if [ -f "$f" ]; then echo "--- $f (tail) ---" >&2; tail -n 30 "$f" >&2; fi
-    done
-  fi
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A port nobody listens on or connects from (below the ephemeral range), and a
-# block of `n` such ports.
-used_ports() { ss -Htan | awk '{n=split($4,a,":"); print a[n]}' | sort -u; }
-free_block() {
-  local n="$1" used base p ok
-  used="$(used_ports)"
-  for _ in $(seq 1 200); do
-    base=$((20000 + RANDOM % 12000))
-    ok=1
-    for ((p = base; p < base + n; p++)); do
-      if grep -qx "$p" <<<"$used"; then ok=0; break; fi
-    done
-    [ "$ok" = 1 ] && { echo "$base"; return; }
-  done
-  die "no free block of $n ports"
-}
-free_port() { free_block 1; }
-
-wait_until() { # what timeout_s command...
-  local what="$1" timeout="$2"; shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || die "timed out after ${timeout}s waiting for $what"
-    sleep 0.3
-  done
-}
-
-# etcd
-ETCD_PORT="$(free_port)"; ETCD_PEER="$(free_port)"
-ETCD="127.0.0.1:$ETCD_PORT"
-log "starting etcd on $ETCD"
-etcd --data-dir "$TMP/etcd" \
-  --listen-client-urls "http://$ETCD" --advertise-client-urls "http://$ETCD" \
-  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
-  --initial-cluster "default=http://127.0.0.1:$ETCD_PEER" >"$TMP/etcd.log" 2>&1 &
-PIDS+=($!)
-etcdget() { ETCDCTL_API=3 etcdctl --endpoints "$ETCD" get --print-value-only "$1"; }
-wait_until "etcd" 15 env ETCDCTL_API=3 etcdctl --endpoints "$ETCD" endpoint health
+start_etcd
 
 # Cell agent
 MEMBER_BASE="$(free_block 20)"
