@@ -355,6 +355,7 @@ impl Handler<FailChild> for CellActor {
         match kind.as_str() {
             "container" => self.members.get(&id).map(|a| a.do_send(InjectFailure)),
             "cluster" => self.clusters.get(&id).map(|a| a.do_send(InjectFailure)),
+            "cell" => return Err(format!("no cell actor {id:?} here: this cell is {:?}", self.deps.cfg.name)),
             _ => return Err(format!("no actor kind {kind:?} here: cell, container or cluster")),
         }
         .ok_or_else(|| format!("no {kind} actor {id:?} on this cell"))
