@@ -41,6 +41,9 @@ use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
+mod support;
+use support::{build_pgcell, wait_every, wait_http};
+
 const ID: &str = "1";
 const SCOPE: &str = "cf-1";
 const SEED_BODY: &str = r#"{"service_id":"0f5c1670-6dc3-11e5-bc08-6c4008a663f0","plan_id":"1545e30e-6dc3-11e5-826a-6c4008a663f0","organization_guid":"bench","space_guid":"bench"}"#;
@@ -206,26 +209,6 @@ fn free_block(n: u16, taken: &mut Vec<(u16, u16)>) -> anyhow::Result<(u16, u16)>
     bail!("no free block of {n} ports")
 }
 
-/// Builds the `pgcell` binary (same profile as this example) and returns its path.
-fn build_pgcell() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("PGCELL_BIN") {
-        return Ok(p.into());
-    }
-    let me = std::env::current_exe()?;
-    let profile_dir = me.parent().and_then(|p| p.parent()).context("cannot locate the target directory")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--bin", "pgcell"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    } else {
-        progress("warning: not a release build; run with --release for meaningful figures");
-    }
-    progress("building the pgcell binary");
-    ensure!(cmd.status()?.success(), "cargo build --bin pgcell failed");
-    Ok(profile_dir.join("pgcell"))
-}
-
 impl Bench {
     fn log_file(&self, name: &str) -> anyhow::Result<(std::fs::File, std::fs::File)> {
         let f =
@@ -313,31 +296,13 @@ impl Bench {
     }
 }
 
-async fn wait_http(url: &str, what: &str) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(20) {
-        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    bail!("{what} did not come up")
-}
-
 /// Polls `f` every 200 ms until it returns `Some`, for at most `timeout`.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        ensure!(t0.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_every(what, timeout, Duration::from_millis(200), f).await
 }
 
 // ---------------------------------------------------------------------------
@@ -955,7 +920,7 @@ fn print_table(md: &str) {
 async fn run(args: &Args) -> anyhow::Result<bool> {
     let started = sh("date -u '+%Y-%m-%d %H:%M:%S UTC'");
     let t_start = Instant::now();
-    let bin = build_pgcell()?;
+    let bin = build_pgcell(|m| progress(m))?;
     ensure!(bin.exists(), "no pgcell binary at {}", bin.display());
     ensure!(
         Command::new("docker").args(["image", "inspect", "pgcell/postgres:latest"]).output()?.status.success(),
@@ -1009,7 +974,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         b.start_cell(i)?;
     }
     for c in &b.cells {
-        wait_http(&format!("http://{LOOPBACK}:{}/healthz", c.api_port), &c.name).await?;
+        wait_http(&format!("http://{LOOPBACK}:{}/healthz", c.api_port), &c.name, Duration::from_secs(20)).await?;
     }
     progress(format!(
         "cells up: {}",
@@ -1035,7 +1000,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
             .spawn()
             .context("cannot start the router")?,
     );
-    wait_http(&format!("http://{LOOPBACK}:{http}/healthz"), "router").await?;
+    wait_http(&format!("http://{LOOPBACK}:{http}/healthz"), "router", Duration::from_secs(20)).await?;
 
     // Cluster cf-1 on cells 0 and 1, as the seed's walkthrough does.
     progress("creating cf-1: PUT on cell 0, then on cell 1");

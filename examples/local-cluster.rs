@@ -13,9 +13,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+mod support;
+use support::{build_pgcell, free_port, wait_http};
+
 const BROKER_USER: &str = "broker";
 const CELL_PORTS: [&str; 3] = ["30000-30099", "30100-30199", "30200-30299"];
 const ROUTER_PORTS: &str = "40000-40999";
+/// How long a daemon may take to answer its health check.
+const STARTUP: Duration = Duration::from_secs(15);
 
 struct Args {
     keep_running: bool,
@@ -87,10 +92,6 @@ fn say(s: &str) {
     println!("==> {s}");
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Deployment {
     fn spawn(&self, name: &str, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Child> {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))?;
@@ -146,35 +147,6 @@ impl Deployment {
     }
 }
 
-/// Builds the `pgcell` binary (same profile as this example) and returns its
-/// path; `PGCELL_BIN` names a binary to use instead (the tests set it).
-fn build_pgcell() -> anyhow::Result<PathBuf> {
-    if let Ok(bin) = std::env::var("PGCELL_BIN") {
-        return Ok(bin.into());
-    }
-    let me = std::env::current_exe()?;
-    let profile_dir = me.parent().and_then(|p| p.parent()).context("cannot locate the target directory")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--bin", "pgcell"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    say("building the pgcell binary");
-    anyhow::ensure!(cmd.status()?.success(), "cargo build --bin pgcell failed");
-    Ok(profile_dir.join("pgcell"))
-}
-
-async fn wait_http(url: &str, what: &str) -> anyhow::Result<()> {
-    for _ in 0..100 {
-        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    bail!("{what} did not come up (its log is in the deployment directory)")
-}
-
 async fn osb(method: &str, url: &str, password: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
     let mut req = reqwest::Client::new()
         .request(method.parse()?, url)
@@ -204,7 +176,7 @@ fn psql(url: &str, sql: &str) -> Result<String, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
-    let bin = build_pgcell()?;
+    let bin = build_pgcell(say)?;
     let image_ok =
         Command::new("docker").args(["image", "inspect", "pgcell/postgres:latest"]).output()?.status.success();
     if !image_ok {
@@ -249,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
         d.start_cell(i)?;
     }
     for (name, api, _) in &d.cells {
-        wait_http(&format!("http://127.0.0.1:{api}/healthz"), name).await?;
+        wait_http(&format!("http://127.0.0.1:{api}/healthz"), name, STARTUP).await?;
         say(&format!("{name} up: per-cell API http://127.0.0.1:{api}"));
     }
     let router_http = free_port()?;
@@ -260,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
         &[("PGCELL_HTTP_LISTEN", format!("127.0.0.1:{router_http}")), ("PGCELL_PASSWORD", router_password.clone())],
     )?;
     d.others.push(router);
-    wait_http(&format!("http://127.0.0.1:{router_http}/healthz"), "router").await?;
+    wait_http(&format!("http://127.0.0.1:{router_http}/healthz"), "router", STARTUP).await?;
     say(&format!("router up: instance ports {ROUTER_PORTS} on 127.0.0.1"));
     let broker_port = free_port()?;
     let broker_password = pgcell::secret::random_password(24);
@@ -275,7 +247,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     d.others.push(broker);
     let broker_url = format!("http://127.0.0.1:{broker_port}");
-    wait_http(&format!("{broker_url}/healthz"), "broker").await?;
+    wait_http(&format!("{broker_url}/healthz"), "broker", STARTUP).await?;
     say(&format!("broker up: {broker_url} (user {BROKER_USER})"));
 
     if args.keep_running {

@@ -15,12 +15,11 @@
 //!
 //! Each mode starts its own etcd (temp dir, free ports), or uses
 //! `PGCELL_ETCD_ENDPOINTS` (loopback only) and then removes the keys it wrote,
-//! and its own router: the release binary next to this example, or `PGCELL_BIN`.
+//! and its own router: the pgcell binary of the same profile (built if needed), or `PGCELL_BIN`.
 //! Everything it starts is killed by PID when it ends, also on error or Ctrl-C.
 //! It talks to 127.0.0.1 only. Results go to stdout, progress to stderr; the exit
 //! status is 1 when a target is missed.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,6 +29,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod outage;
+#[path = "../support/mod.rs"]
+mod support;
+use support::{build_pgcell, free_port, wait_every};
 
 const LOOPBACK: &str = "127.0.0.1";
 const PASSWORD: &str = "router-bench-password";
@@ -150,31 +152,10 @@ struct Harness {
     id_prefix: String,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind((LOOPBACK, 0))?.local_addr()?.port())
-}
-
 fn is_loopback(endpoint: &str) -> bool {
     let hostport = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
     let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
     host == LOOPBACK || host == "localhost"
-}
-
-fn pgcell_bin() -> anyhow::Result<PathBuf> {
-    let bin = match std::env::var_os("PGCELL_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let exe = std::env::current_exe()?;
-            let dir = exe.parent().and_then(Path::parent).context("the example has no parent directory")?;
-            dir.join("pgcell")
-        }
-    };
-    ensure!(
-        bin.is_file(),
-        "no pgcell binary at {} (run `cargo build --release` first, or set PGCELL_BIN)",
-        bin.display()
-    );
-    Ok(bin)
 }
 
 async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, f: F) -> anyhow::Result<T>
@@ -183,24 +164,6 @@ where
     Fut: std::future::Future<Output = Option<T>>,
 {
     wait_every(what, timeout, Duration::from_millis(50), f).await
-}
-
-/// `f` until it gives a value, trying every `step`.
-async fn wait_every<T, F, Fut>(what: &str, timeout: Duration, step: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(step).await;
-    }
 }
 
 impl Harness {
@@ -236,7 +199,7 @@ impl Harness {
         let http_port = free_port()?;
         let log = guard.dir.path().join("router.log");
         let f = std::fs::File::create(&log)?;
-        let child = Command::new(pgcell_bin()?)
+        let child = Command::new(build_pgcell(|m| progress(m))?)
             .arg("router")
             .env("PGCELL_ROUTER_NAME", format!("bench-{}-{mode}", std::process::id()))
             .env("PGCELL_HTTP_LISTEN", format!("{LOOPBACK}:{http_port}"))

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use etcd_client::{Client, ConnectOptions};
 
-use super::{Harness, Outcome, ms, percentile, probe, progress, spawn_etcd, tag_server, wait_every, wait_until};
+use super::{Harness, Outcome, ms, percentile, probe, progress, spawn_etcd, tag_server, wait_until};
+use crate::support::{free_port, wait_every};
 
 const GRACE_MS: &str = "1000";
 const TARGET: Duration = Duration::from_secs(1);
@@ -28,7 +29,7 @@ pub async fn outage(rounds: usize) -> anyhow::Result<Outcome> {
     progress(format!("outage: {rounds} etcd outages past the router's grace period ({GRACE_MS} ms)"));
     let mut h = Harness::start_with("outage", &[("PGCELL_GRACE_MS", GRACE_MS)]).await?;
     let primary = tag_server(b'A').await?;
-    let port = super::free_port()?;
+    let port = free_port()?;
     let id = h.id(0);
     let ops = h.instance_ops(&id, port, &[("a", primary)], "a");
     h.put_ops(ops).await?;
