@@ -284,8 +284,10 @@ pub fn split_endpoints(s: &str) -> Vec<String> {
 }
 
 /// Reads the TOML file (if any), applies the environment overrides, then
-/// deserializes with defaults for whatever is still missing.
-pub fn load_layered<T: serde::de::DeserializeOwned>(
+/// deserializes with defaults for whatever is still missing. An override is
+/// parsed by the type of its field (read from the defaults), never guessed from
+/// its text: `PGCELL_API_PASSWORD=123456` is a string, `PGCELL_CAPACITY=x` an error.
+pub fn load_layered<T: serde::de::DeserializeOwned + Serialize + Default>(
     path: Option<&Path>,
     overrides: &[(&str, &str)],
     env: &dyn Fn(&str) -> Option<String>,
@@ -299,21 +301,31 @@ pub fn load_layered<T: serde::de::DeserializeOwned>(
         }
         None => toml::Table::new(),
     };
+    let shape = toml::Table::try_from(T::default()).context("the default configuration is not a table")?;
     for (var, key) in overrides {
         if let Some(v) = env(var) {
-            let value = if *var == ETCD_ENV {
-                toml::Value::Array(split_endpoints(&v).into_iter().map(toml::Value::String).collect())
-            } else if let Ok(b) = v.parse::<bool>() {
-                toml::Value::Boolean(b)
-            } else if let Ok(n) = v.parse::<i64>() {
-                toml::Value::Integer(n)
-            } else {
-                toml::Value::String(v)
-            };
+            let value = typed_override(var, &v, shape.get(*key))?;
             table.insert((*key).to_string(), value);
         }
     }
     toml::Value::Table(table).try_into().context("invalid configuration (file or PGCELL_* environment)")
+}
+
+/// `text` as a value of the same type as `like` (the field's default).
+fn typed_override(var: &str, text: &str, like: Option<&toml::Value>) -> anyhow::Result<toml::Value> {
+    let bad = |what: &str| anyhow::anyhow!("{var}={text:?} is not {what}");
+    Ok(match like {
+        Some(toml::Value::Boolean(_)) => {
+            toml::Value::Boolean(text.trim().parse().map_err(|_| bad("a boolean (true or false)"))?)
+        }
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(text.trim().parse().map_err(|_| bad("an integer"))?),
+        Some(toml::Value::Float(_)) => toml::Value::Float(text.trim().parse().map_err(|_| bad("a number"))?),
+        Some(toml::Value::Array(_)) => {
+            toml::Value::Array(split_endpoints(text).into_iter().map(toml::Value::String).collect())
+        }
+        Some(toml::Value::String(_)) | None => toml::Value::String(text.to_string()),
+        Some(_) => return Err(bad("settable from the environment (use the config file)")),
+    })
 }
 
 #[cfg(test)]
@@ -348,6 +360,23 @@ mod tests {
         assert_eq!(cfg.etcd_endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(cfg.ports().unwrap(), (31000, 31009));
         assert_eq!(cfg.listen_host(), "127.0.0.1");
+    }
+
+    #[test]
+    fn overrides_take_the_field_type_not_a_guess() {
+        let cfg =
+            load("", &[("PGCELL_API_PASSWORD", "123456"), ("PGCELL_CELL_NAME", "1"), ("PGCELL_ZONE", "true")]).unwrap();
+        assert_eq!((cfg.api_password.as_str(), cfg.name.as_str(), cfg.zone.as_str()), ("123456", "1", "true"));
+        let err = format!("{:#}", load("", &[("PGCELL_CAPACITY", "ten")]).unwrap_err());
+        assert!(err.contains("PGCELL_CAPACITY=\"ten\" is not an integer"), "{err}");
+        let err = format!("{:#}", load("", &[("PGCELL_DRAIN_ON_STOP", "yes")]).unwrap_err());
+        assert!(err.contains("is not a boolean"), "{err}");
+        let env: HashMap<String, String> = [("PGCELL_PASSWORD", "42"), ("PGCELL_BROKER_NAME", "7")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let b: BrokerConfig = load_layered(None, BROKER_ENV, &|k| env.get(k).cloned()).unwrap();
+        assert_eq!((b.password.as_str(), b.name.as_str()), ("42", "7"));
     }
 
     #[test]

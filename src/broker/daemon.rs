@@ -1,7 +1,5 @@
 //! `pgcell broker`: the OSB API over etcd.
 
-use std::sync::Arc;
-
 use actix_web::dev::Service;
 use actix_web::{App, HttpResponse, HttpServer, get, web};
 use anyhow::Context;
@@ -20,7 +18,9 @@ pub async fn serve(cfg: BrokerConfig, listener: std::net::TcpListener) -> anyhow
     let etcd = crate::etcd::connect(&cfg.etcd_endpoints).await?;
     let creds = web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.clone() });
     tracing::info!(broker = %cfg.name, listen = %listener.local_addr()?, "broker running");
-    let broker = web::Data::new(Broker { etcd, cfg: Arc::new(cfg) });
+    let broker = Broker::new(etcd, cfg);
+    actix_web::rt::spawn(super::driver::run(broker.clone()));
+    let broker = web::Data::new(broker);
     HttpServer::new(move || {
         App::new()
             .app_data(broker.clone())

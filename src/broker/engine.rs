@@ -1,7 +1,9 @@
-//! Driving an instance's operation toward its goal. Runs whenever a request
-//! (PUT, PATCH, DELETE, `last_operation`) asks; every step reads etcd afresh and
-//! is idempotent, so any broker can carry on where another stopped. A short
-//! etcd lock keeps two brokers from driving one instance at the same moment.
+//! Driving an instance's operation toward its goal, one step at a time. Every
+//! broker daemon drives every operation in progress in the background
+//! ([`super::driver`]); requests only start operations and polling only reads.
+//! Every step reads etcd afresh and is idempotent, so any broker can carry on
+//! where another stopped. A short etcd lock keeps two brokers from driving one
+//! instance at the same moment.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,9 +24,42 @@ use crate::names;
 pub struct Broker {
     pub etcd: Client,
     pub cfg: Arc<BrokerConfig>,
+    /// Tells the background driver that an operation was started.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
+/// What one call of [`Broker::drive`] found or did.
+#[derive(Debug)]
+pub enum Driven {
+    /// No such instance (any more).
+    Gone,
+    /// Another broker holds the instance's drive lock.
+    Busy,
+    /// The operation is not in progress (succeeded or failed, before or by this step).
+    Settled(Operation),
+    /// One step done; more to do.
+    Advanced(Operation),
+    /// The step failed in a way that may pass: retry after a backoff.
+    Retry(Operation),
+}
+
+/// How a step failed: callers retry a transient failure, never a permanent one.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{0:#}")]
+    Transient(#[from] anyhow::Error),
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// Suffix of a description that reports a step being retried.
+const RETRYING: &str = " (retrying after: ";
+
 impl Broker {
+    pub fn new(etcd: Client, cfg: BrokerConfig) -> Self {
+        Self { etcd, cfg: Arc::new(cfg), wake: Arc::new(tokio::sync::Notify::new()) }
+    }
+
     /// The host handed out in credentials.
     pub async fn router_host(&self) -> anyhow::Result<String> {
         if !self.cfg.router_host.is_empty() {
@@ -40,44 +75,60 @@ impl Broker {
         Ok((self.router_host().await?, port))
     }
 
-    /// Moves the instance's operation forward and returns it (`None`: no instance).
-    pub async fn drive(&self, id: &str) -> anyhow::Result<Option<Operation>> {
+    /// Moves the instance's operation forward by one step, if no other broker is.
+    pub async fn drive(&self, id: &str) -> anyhow::Result<Driven> {
         let mut etcd = self.etcd.clone();
         let (spec, op) = model::load(&mut etcd, id).await?;
-        let (Some(spec), Some(op)) = (spec, op) else { return Ok(None) };
+        let (Some(spec), Some(op)) = (spec, op) else { return Ok(Driven::Gone) };
         if op.state != OpState::InProgress {
-            return Ok(Some(op));
+            return Ok(Driven::Settled(op));
         }
-        let Some(lock) = DriveLock::take(&mut etcd, id).await? else { return Ok(Some(op)) };
+        let Some(lock) = DriveLock::take(&mut etcd, id).await? else { return Ok(Driven::Busy) };
         let mut next = op.clone();
+        next.description = op.description.split(RETRYING).next().unwrap_or_default().to_string();
         let res = if op.age_secs() > self.cfg.operation_timeout_secs {
-            next.state = OpState::Failed;
-            next.description = format!("timed out after {} s: {}", self.cfg.operation_timeout_secs, op.description);
-            Ok(())
+            Err(StepError::Permanent(format!(
+                "timed out after {} s: {}",
+                self.cfg.operation_timeout_secs, next.description
+            )))
         } else if op.kind == OpKind::Deprovision {
             self.drive_down(id, &mut next).await
         } else {
             self.drive_up(id, &spec, &mut next).await
         };
+        let retry = match res {
+            Ok(()) => false,
+            Err(StepError::Permanent(why)) => {
+                next.state = OpState::Failed;
+                next.description = why;
+                false
+            }
+            Err(StepError::Transient(e)) => {
+                tracing::warn!(instance = id, operation = %op.id, error = %format!("{e:#}"), "step failed; retrying");
+                next.description = format!("{}{RETRYING}{e:#})", next.description);
+                true
+            }
+        };
         let gone = op.kind == OpKind::Deprovision && next.state == OpState::Succeeded;
-        if !gone {
-            model::save_progress(&mut etcd, id, &next).await?;
-        }
+        let saved = if gone { Ok(()) } else { model::save_progress(&mut etcd, id, &next).await };
         lock.release(&mut etcd).await;
-        res.map(|()| Some(next))
+        saved?;
+        Ok(match next.state {
+            OpState::InProgress if retry => Driven::Retry(next),
+            OpState::InProgress => Driven::Advanced(next),
+            _ => Driven::Settled(next),
+        })
     }
 
-    async fn drive_up(&self, id: &str, spec: &InstanceSpec, op: &mut Operation) -> anyhow::Result<()> {
-        let plan =
-            catalog::plan(&spec.service_id, &spec.plan_id).context("the instance's plan is not in the catalog")?;
+    async fn drive_up(&self, id: &str, spec: &InstanceSpec, op: &mut Operation) -> Result<(), StepError> {
+        let plan = catalog::plan(&spec.service_id, &spec.plan_id)
+            .ok_or_else(|| StepError::Permanent("the instance's plan is no longer in the catalog".into()))?;
         let mut etcd = self.etcd.clone();
         let placements = store::instance_placements(&mut etcd, id).await?;
         let mut active: Vec<&Placement> = placements.iter().map(|(p, _)| p).filter(|p| !p.purge).collect();
         if active.len() < plan.members {
             if let Err(why) = self.place(id, spec, plan, &placements).await? {
-                op.state = OpState::Failed;
-                op.description = why;
-                return Ok(());
+                return Err(StepError::Permanent(why));
             }
             return self.report(op, "members placed; waiting for them to start").await;
         }
@@ -146,7 +197,7 @@ impl Broker {
         Ok(())
     }
 
-    async fn report(&self, op: &mut Operation, description: &str) -> anyhow::Result<()> {
+    async fn report(&self, op: &mut Operation, description: &str) -> Result<(), StepError> {
         op.description = description.to_string();
         Ok(())
     }
@@ -214,10 +265,13 @@ impl Broker {
         Ok(Ok(()))
     }
 
-    async fn drive_down(&self, id: &str, op: &mut Operation) -> anyhow::Result<()> {
+    async fn drive_down(&self, id: &str, op: &mut Operation) -> Result<(), StepError> {
         let mut etcd = self.etcd.clone();
         let placements = store::instance_placements(&mut etcd, id).await?;
         if placements.is_empty() {
+            // The tombstone first: a broker dying in between leaves the keys, and
+            // the next step deletes them; the other order would forget the 410.
+            model::remember_deleted(&mut etcd, id, &op.id).await?;
             store::delete_instance_keys(&mut etcd, id).await?;
             op.state = OpState::Succeeded;
             op.description = "deleted: containers, data, router port and keys".into();
@@ -240,6 +294,11 @@ async fn streaming_members(host: &str, port: u16, password: &str) -> anyhow::Res
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
+/// How long a drive lock outlives a broker that died holding it: longer than
+/// any step (SQL connects time out at 5 s), short enough for another broker to
+/// take over soon.
+const DRIVE_LOCK_SECS: i64 = 15;
+
 /// `/pgcell/instances/<id>/driving`, on a short lease: whoever holds it drives.
 struct DriveLock {
     key: String,
@@ -249,7 +308,7 @@ struct DriveLock {
 impl DriveLock {
     async fn take(etcd: &mut Client, id: &str) -> anyhow::Result<Option<Self>> {
         let key = format!("{}driving", keys::instance(id));
-        let lease = etcd.lease_grant(30, None).await.context("lease for the drive lock")?.id();
+        let lease = etcd.lease_grant(DRIVE_LOCK_SECS, None).await.context("lease for the drive lock")?.id();
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), "", Some(PutOptions::new().with_lease(lease)))]);

@@ -74,6 +74,22 @@ pub struct Binding {
     pub id: String,
     pub username: String,
     pub password: String,
+    /// What the platform asked for: a retry with other attributes is a conflict.
+    #[serde(default)]
+    pub request: BindRequest,
+}
+
+/// The attributes of a bind request that make two requests the same binding.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct BindRequest {
+    pub service_id: String,
+    pub plan_id: String,
+    #[serde(default)]
+    pub app_guid: Option<String>,
+    #[serde(default)]
+    pub bind_resource: Option<serde_json::Value>,
+    #[serde(default)]
+    pub parameters: Option<serde_json::Value>,
 }
 
 impl std::fmt::Debug for Binding {
@@ -84,11 +100,62 @@ impl std::fmt::Debug for Binding {
 
 impl Binding {
     /// A role name from the binding id: safe names only (checked by the caller), at most 63 bytes.
-    pub fn new(id: &str) -> Self {
+    pub fn new(id: &str, request: BindRequest) -> Self {
         let mut username = format!("b_{}", id.to_ascii_lowercase().replace('-', "_"));
         username.truncate(63);
-        Self { id: id.into(), username, password: crate::secret::random_password(32) }
+        Self { id: id.into(), username, password: crate::secret::random_password(32), request }
     }
+}
+
+/// How long a deprovisioned instance is remembered (polling answers 410, not 404).
+pub const DELETED_MEMORY_SECS: i64 = 24 * 3600;
+
+/// Records that the instance was deprovisioned by operation `op_id`, on a lease.
+pub async fn remember_deleted(client: &mut Client, id: &str, op_id: &str) -> anyhow::Result<()> {
+    let lease = client.lease_grant(DELETED_MEMORY_SECS, None).await.context("lease for the tombstone")?.id();
+    client
+        .put(keys::deleted(id), op_id, Some(etcd_client::PutOptions::new().with_lease(lease)))
+        .await
+        .context("etcd put (tombstone)")?;
+    Ok(())
+}
+
+/// Whether the instance was deprovisioned lately.
+pub async fn was_deleted(client: &mut Client, id: &str) -> anyhow::Result<bool> {
+    Ok(client.get(keys::deleted(id), None).await.context("etcd get (tombstone)")?.count() > 0)
+}
+
+/// Ids of the instances whose last operation is in progress.
+pub async fn in_progress(client: &mut Client) -> anyhow::Result<Vec<String>> {
+    let (kvs, _) = store::get_prefix(client, &keys::instances()).await?;
+    Ok(kvs
+        .iter()
+        .filter_map(|(k, v)| {
+            let id = k.strip_prefix(&keys::instances())?.strip_suffix("/operation")?;
+            let op: Operation = serde_json::from_slice(v).ok()?;
+            (op.state == OpState::InProgress).then(|| id.to_string())
+        })
+        .collect())
+}
+
+/// Stores a new binding unless one with this id exists; returns whether it did.
+pub async fn create_binding(client: &mut Client, instance: &str, binding: &Binding) -> anyhow::Result<bool> {
+    let key = keys::binding(instance, &binding.id);
+    let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+        key.as_str(),
+        serde_json::to_vec(binding)?,
+        None,
+    )]);
+    Ok(client.txn(txn).await.context("etcd txn (create binding)")?.succeeded())
+}
+
+pub async fn load_binding(client: &mut Client, instance: &str, id: &str) -> anyhow::Result<Option<Binding>> {
+    Ok(store::get_json(client, &keys::binding(instance, id)).await?.map(|(b, _)| b))
+}
+
+pub async fn delete_binding(client: &mut Client, instance: &str, id: &str) -> anyhow::Result<()> {
+    client.delete(keys::binding(instance, id), None).await.context("etcd delete binding")?;
+    Ok(())
 }
 
 pub async fn load(client: &mut Client, id: &str) -> anyhow::Result<(Option<InstanceSpec>, Option<Operation>)> {
@@ -103,6 +170,7 @@ pub async fn create(client: &mut Client, id: &str, spec: &InstanceSpec, op: &Ope
     let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([
         TxnOp::put(key.as_str(), serde_json::to_vec(spec)?, None),
         TxnOp::put(keys::operation(id), serde_json::to_vec(op)?, None),
+        TxnOp::delete(keys::deleted(id), None),
     ]);
     Ok(client.txn(txn).await.context("etcd txn (create instance)")?.succeeded())
 }
@@ -157,9 +225,9 @@ mod tests {
 
     #[test]
     fn binding_roles_are_safe_and_secret() {
-        let b = Binding::new("6A1F-22");
+        let b = Binding::new("6A1F-22", BindRequest::default());
         assert_eq!(b.username, "b_6a1f_22");
         assert!(!format!("{b:?}").contains(&b.password));
-        assert_eq!(Binding::new(&"x".repeat(63)).username.len(), 63);
+        assert_eq!(Binding::new(&"x".repeat(63), BindRequest::default()).username.len(), 63);
     }
 }

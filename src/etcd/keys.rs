@@ -64,6 +64,11 @@ pub fn operation(instance: &str) -> String {
     format!("{ROOT}instances/{instance}/operation")
 }
 
+/// A deprovisioned instance, on a lease: polling it answers 410 Gone, not 404.
+pub fn deleted(instance: &str) -> String {
+    format!("{ROOT}deleted/{instance}")
+}
+
 pub fn binding(instance: &str, binding: &str) -> String {
     format!("{ROOT}instances/{instance}/bindings/{binding}")
 }
