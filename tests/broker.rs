@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::http::{osb, osb_with};
+use common::http::osb;
 use common::*;
 use pgcell::broker::catalog::{self, PLANS, SERVICE_ID};
 use serde_json::{Value, json};
@@ -169,7 +169,8 @@ async fn ha_lifecycle_bind_share_unbind_update_deprovision() {
         .into_iter()
         .filter(|(k, _)| !k.starts_with("/pgcell/cells/") && !k.starts_with("/pgcell/routers/"))
         .collect();
-    assert!(left.is_empty(), "keys left: {left:?}");
+    // Only the tombstone, on its lease, so polling answers 410 Gone for a day.
+    assert_eq!(left.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["/pgcell/deleted/i1"], "keys left");
     assert_eq!(osb("GET", &inst, None).await.status, 404);
 }
 
@@ -211,223 +212,6 @@ async fn single_plan_extensions_and_not_enough_cells() {
 }
 
 #[tokio::test]
-async fn protocol_rules_and_bad_requests_change_nothing() {
-    let mut d = Deployment::start(1).await;
-    let broker = d.start_broker("b1").await;
-    let good = provision_body("single", json!({}));
-    let r = osb("PUT", &format!("{broker}/v2/service_instances/p1?accepts_incomplete=true"), Some(&good)).await;
-    assert_eq!(r.status, 202, "{}", r.text);
-    // The cell creates the cluster's secrets as it starts the member: wait for that.
-    wait_for("the member's secrets", Duration::from_secs(30), || async {
-        let has = d.etcd.dump("/pgcell/instances/p1/secrets").await;
-        (!has.is_empty()).then_some(())
-    })
-    .await;
-    let before = d.etcd.dump("/pgcell/").await;
-    let before: Vec<_> =
-        before.into_iter().filter(|(k, _)| !k.ends_with("/operation") && !k.ends_with("/driving")).collect();
-    let inst = |id: &str| format!("{broker}/v2/service_instances/{id}");
-    let v217 = [("X-Broker-API-Version", "2.17")];
-    let auth = Some(("broker", BROKER_PASSWORD));
-    let huge =
-        format!(r#"{{"service_id":"{SERVICE_ID}","plan_id":"{}","x":"{}"}}"#, plan_id("single"), "a".repeat(100_000));
-    type Case = (
-        &'static str,
-        String,
-        Option<String>,
-        Vec<(&'static str, &'static str)>,
-        Option<(&'static str, &'static str)>,
-        u16,
-        Option<&'static str>,
-    );
-    let cases: Vec<Case> = vec![
-        ("GET", format!("{broker}/v2/catalog"), None, vec![], auth, 412, None),
-        ("GET", format!("{broker}/v2/catalog"), None, vec![("X-Broker-API-Version", "2.12")], auth, 412, None),
-        ("GET", format!("{broker}/v2/catalog"), None, vec![("X-Broker-API-Version", "abc")], auth, 412, None),
-        ("GET", format!("{broker}/v2/catalog"), None, v217.to_vec(), None, 401, None),
-        ("GET", format!("{broker}/v2/catalog"), None, v217.to_vec(), Some(("broker", "nope")), 401, None),
-        ("GET", format!("{broker}/metrics"), None, vec![], None, 401, None),
-        ("GET", format!("{broker}/debug/actors"), None, vec![], None, 401, None),
-        ("PUT", inst("n1"), Some(good.clone()), v217.to_vec(), auth, 422, Some("AsyncRequired")),
-        (
-            "PUT",
-            format!("{}?accepts_incomplete=true", inst("n1")),
-            Some("{nope".into()),
-            v217.to_vec(),
-            auth,
-            400,
-            None,
-        ),
-        ("PUT", format!("{}?accepts_incomplete=true", inst("n1")), None, v217.to_vec(), auth, 400, None),
-        (
-            "PUT",
-            format!("{}?accepts_incomplete=true", inst("n1")),
-            Some(r#"{"service_id":1}"#.into()),
-            v217.to_vec(),
-            auth,
-            400,
-            None,
-        ),
-        (
-            "PUT",
-            format!("{}?accepts_incomplete=true", inst("n1")),
-            Some(good.replace(plan_id("single"), "no-such-plan")),
-            v217.to_vec(),
-            auth,
-            400,
-            None,
-        ),
-        (
-            "PUT",
-            format!("{}?accepts_incomplete=true", inst("n1")),
-            Some(provision_body("single", json!({"extensions": ["postgis"]}))),
-            v217.to_vec(),
-            auth,
-            400,
-            None,
-        ),
-        (
-            "PUT",
-            format!("{}?accepts_incomplete=true", inst("n1")),
-            Some(provision_body("single", json!({"shared_buffers": "1TB"}))),
-            v217.to_vec(),
-            auth,
-            400,
-            None,
-        ),
-        (
-            "PUT",
-            format!("{}?accepts_incomplete=true", inst("n1")),
-            Some(provision_body("single", json!("x"))),
-            v217.to_vec(),
-            auth,
-            400,
-            None,
-        ),
-        ("PUT", format!("{}?accepts_incomplete=true", inst("n1")), Some(huge), v217.to_vec(), auth, 413, None),
-        ("PUT", format!("{}?accepts_incomplete=true", inst("a.b")), Some(good.clone()), v217.to_vec(), auth, 400, None),
-        (
-            "PUT",
-            format!("{}?accepts_incomplete=true", inst(&"x".repeat(64))),
-            Some(good.clone()),
-            v217.to_vec(),
-            auth,
-            400,
-            None,
-        ),
-        (
-            "PUT",
-            format!("{}?accepts_incomplete=true", inst("p1")),
-            Some(provision_body("ha-3", json!({}))),
-            v217.to_vec(),
-            auth,
-            409,
-            None,
-        ),
-        (
-            "PATCH",
-            format!("{}?accepts_incomplete=true", inst("p1")),
-            Some(json!({"service_id": SERVICE_ID, "plan_id": plan_id("ha-2")}).to_string()),
-            v217.to_vec(),
-            auth,
-            422,
-            Some("ConcurrencyError"),
-        ),
-        (
-            "PATCH",
-            format!("{}?accepts_incomplete=true", inst("zz")),
-            Some(json!({"service_id": SERVICE_ID}).to_string()),
-            v217.to_vec(),
-            auth,
-            404,
-            None,
-        ),
-        ("GET", inst("zz"), None, v217.to_vec(), auth, 404, None),
-        ("GET", format!("{}/last_operation", inst("zz")), None, v217.to_vec(), auth, 410, None),
-        (
-            "DELETE",
-            format!("{}?accepts_incomplete=true&service_id={SERVICE_ID}&plan_id={}", inst("zz"), plan_id("single")),
-            None,
-            v217.to_vec(),
-            auth,
-            410,
-            None,
-        ),
-        ("DELETE", format!("{}?accepts_incomplete=true", inst("p1")), None, v217.to_vec(), auth, 400, None),
-        (
-            "DELETE",
-            format!("{}?service_id={SERVICE_ID}&plan_id={}", inst("p1"), plan_id("single")),
-            None,
-            v217.to_vec(),
-            auth,
-            422,
-            Some("AsyncRequired"),
-        ),
-        (
-            "PUT",
-            format!("{}/service_bindings/k1", inst("zz")),
-            Some(json!({"service_id": SERVICE_ID, "plan_id": plan_id("single")}).to_string()),
-            v217.to_vec(),
-            auth,
-            404,
-            None,
-        ),
-        (
-            "PUT",
-            format!("{}/service_bindings/k1", inst("p1")),
-            Some(json!({"service_id": SERVICE_ID, "plan_id": plan_id("single"), "parameters": {"x": 1}}).to_string()),
-            v217.to_vec(),
-            auth,
-            400,
-            None,
-        ),
-        ("GET", format!("{}/service_bindings/k9", inst("p1")), None, v217.to_vec(), auth, 404, None),
-        (
-            "DELETE",
-            format!("{}/service_bindings/k9?service_id={SERVICE_ID}&plan_id={}", inst("p1"), plan_id("single")),
-            None,
-            v217.to_vec(),
-            auth,
-            410,
-            None,
-        ),
-        ("POST", inst("p1"), None, v217.to_vec(), auth, 404, None),
-    ];
-    for (method, url, body, headers, auth, want, code) in cases {
-        let r = osb_with(method, &url, body.as_deref(), &headers, auth).await;
-        assert_eq!(r.status, want, "{method} {url}: {}", r.text);
-        assert!(r.body["description"].is_string(), "{method} {url}: no OSB error body: {}", r.text);
-        if let Some(code) = code {
-            assert_eq!(r.body["error"], code, "{method} {url}: {}", r.text);
-        }
-    }
-    let after: Vec<_> = d
-        .etcd
-        .dump("/pgcell/")
-        .await
-        .into_iter()
-        .filter(|(k, _)| !k.ends_with("/operation") && !k.ends_with("/driving"))
-        .collect();
-    assert_eq!(after, before, "bad requests changed etcd");
-    // The request identity is echoed.
-    let r = reqwest::Client::new()
-        .get(format!("{broker}/v2/catalog"))
-        .basic_auth("broker", Some(BROKER_PASSWORD))
-        .header("X-Broker-API-Version", "2.17")
-        .header("X-Broker-API-Request-Identity", "req-42")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers().get("x-broker-api-request-identity").unwrap(), "req-42");
-    let metrics = osb_with("GET", &format!("{broker}/metrics"), None, &[], auth).await;
-    assert!(
-        metrics.text.contains("pgcell_http_requests_total{endpoint=\"GET /v2/catalog\",status=\"412\"}"),
-        "{}",
-        metrics.text
-    );
-}
-
-#[tokio::test]
 async fn two_brokers_provisioning_at_once_never_share_a_cell_or_port() {
     let mut d = Deployment::start(3).await;
     let (b1, b2) = (d.start_broker("b1").await, d.start_broker("b2").await);
@@ -444,12 +228,11 @@ async fn two_brokers_provisioning_at_once_never_share_a_cell_or_port() {
     for p in puts {
         assert_eq!(p.await.unwrap(), 202);
     }
-    // Both brokers drive; let them place everything.
-    for i in 0..3 {
-        for b in [&b1, &b2] {
-            osb("GET", &format!("{b}/v2/service_instances/r{i}/last_operation"), None).await;
-        }
-    }
+    // Both brokers drive in the background; let them place everything.
+    wait_for("every member placed", Duration::from_secs(20), || async {
+        (d.etcd.dump("/pgcell/placements/").await.len() == 6).then_some(())
+    })
+    .await;
     let placements: Vec<pgcell::etcd::store::Placement> =
         d.etcd.dump("/pgcell/placements/").await.iter().map(|(_, v)| serde_json::from_str(v).unwrap()).collect();
     let mut per_instance = std::collections::BTreeMap::<String, Vec<String>>::new();
@@ -472,4 +255,72 @@ async fn two_brokers_provisioning_at_once_never_share_a_cell_or_port() {
     router_ports.sort();
     router_ports.dedup();
     assert_eq!(router_ports.len(), 3, "router ports shared");
+}
+
+/// The instance's last operation as stored in etcd (read directly: nobody polls the broker).
+async fn stored_operation(d: &Deployment, id: &str) -> Option<Value> {
+    let kv = d.etcd.dump(&format!("/pgcell/instances/{id}/operation")).await;
+    kv.first().map(|(_, v)| serde_json::from_str(v).unwrap())
+}
+
+async fn wait_stored_state(d: &Deployment, id: &str, want: &str, timeout: Duration) -> f64 {
+    let t0 = Instant::now();
+    wait_for(&format!("{id} {want} with nobody polling"), timeout, || async {
+        let op = stored_operation(d, id).await;
+        let state = op.as_ref().map_or("gone".to_string(), |o| o["state"].as_str().unwrap().to_string());
+        assert_ne!(state, "failed", "{id}: {op:?}");
+        (state == want).then_some(())
+    })
+    .await;
+    t0.elapsed().as_secs_f64()
+}
+
+#[tokio::test]
+async fn operations_finish_by_themselves_across_broker_deaths() {
+    let mut d = Deployment::start(2).await;
+    d.start_router("r1", 8000).await;
+    let b1 = d.start_broker("b1").await;
+    let put = |b: &str, id: &str| {
+        let url = format!("{b}/v2/service_instances/{id}?accepts_incomplete=true");
+        async move { osb("PUT", &url, Some(&provision_body("single", json!({})))).await }
+    };
+    let q = format!("accepts_incomplete=true&service_id={SERVICE_ID}&plan_id={}", plan_id("single"));
+
+    // Never polled: it succeeds in its usual time; a DELETE meanwhile is refused, then accepted.
+    assert_eq!(put(&b1, "s1").await.status, 202);
+    let r = osb("DELETE", &format!("{b1}/v2/service_instances/s1?{q}"), None).await;
+    assert_eq!((r.status, r.body["error"].as_str()), (422, Some("ConcurrencyError")), "{}", r.text);
+    let secs = wait_stored_state(&d, "s1", "succeeded", Duration::from_secs(60)).await;
+    eprintln!("single provisioned with nobody polling in {secs:.1}s");
+    assert!(secs < 30.0, "took {secs:.1}s");
+    let r = osb("DELETE", &format!("{b1}/v2/service_instances/s1?{q}"), None).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    wait_stored_state(&d, "s1", "gone", Duration::from_secs(60)).await;
+
+    // The only broker killed (-9) mid-provision and started again: it finishes.
+    assert_eq!(put(&b1, "s2").await.status, 202);
+    wait_for("s2 placed", Duration::from_secs(10), || async {
+        (!d.etcd.dump("/pgcell/placements/").await.is_empty()).then_some(())
+    })
+    .await;
+    d.brokers[0].kill();
+    let b1 = d.start_broker("b1").await;
+    let secs = wait_stored_state(&d, "s2", "succeeded", Duration::from_secs(60)).await;
+    eprintln!("s2 finished by the restarted broker {secs:.1}s after its restart");
+
+    // Two brokers: the one driving is killed; the other finishes.
+    let b2 = d.start_broker("b2").await;
+    assert_eq!(put(&b1, "s3").await.status, 202);
+    let driver = wait_for("someone driving s3", Duration::from_secs(10), || async {
+        let kv = d.etcd.dump("/pgcell/instances/s3/driving").await;
+        kv.first().map(|(_, owner)| owner.clone())
+    })
+    .await;
+    let (dead, alive) = if driver == "b1" { (1, &b2) } else { (2, &b1) };
+    d.brokers[dead].kill();
+    eprintln!("killed {driver}, the one driving s3");
+    let secs = wait_stored_state(&d, "s3", "succeeded", Duration::from_secs(60)).await;
+    eprintln!("s3 finished by the other broker {secs:.1}s after the kill");
+    let r = osb("GET", &format!("{alive}/v2/service_instances/s3/last_operation"), None).await;
+    assert_eq!(r.body["state"], "succeeded", "{}", r.text);
 }

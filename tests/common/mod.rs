@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod inproc;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

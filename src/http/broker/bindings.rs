@@ -42,6 +42,11 @@ async fn ready_instance(b: &Broker, id: &str) -> Result<InstanceSpec, OsbError> 
     Ok(spec)
 }
 
+/// `{}` and an absent object mean the same: a retry may send either.
+fn non_empty(v: Option<Value>) -> Option<Value> {
+    v.filter(|v| v.as_object().is_none_or(|o| !o.is_empty()))
+}
+
 /// An existing binding asked for again: the same attributes get the same
 /// credentials (200), other attributes are a conflict (409).
 async fn existing(b: &Broker, id: &str, found: &Binding, asked: &BindRequest) -> Result<HttpResponse, OsbError> {
@@ -68,19 +73,19 @@ async fn bind(
         service_id: str_field(&body, "service_id").unwrap_or_default(),
         plan_id: str_field(&body, "plan_id").unwrap_or_default(),
         app_guid: str_field(&body, "app_guid"),
-        bind_resource: opt_field(&body, "bind_resource"),
-        parameters: opt_field(&body, "parameters"),
+        bind_resource: non_empty(opt_field(&body, "bind_resource")),
+        parameters: non_empty(opt_field(&body, "parameters")),
     };
-    if asked.parameters.as_ref().and_then(Value::as_object).is_some_and(|p| !p.is_empty()) {
-        return Err(OsbError::bad_request("bindings take no parameters"));
-    }
     let spec = ready_instance(&b, &id).await?;
-    if asked.service_id != spec.service_id || asked.plan_id != spec.plan_id {
-        return Err(OsbError::bad_request("service_id/plan_id do not match the instance"));
-    }
     let mut etcd = b.etcd.clone();
     if let Some(found) = model::load_binding(&mut etcd, &id, &bid).await.map_err(internal)? {
         return existing(&b, &id, &found, &asked).await;
+    }
+    if asked.parameters.is_some() {
+        return Err(OsbError::bad_request("bindings take no parameters"));
+    }
+    if asked.service_id != spec.service_id || asked.plan_id != spec.plan_id {
+        return Err(OsbError::bad_request("service_id/plan_id do not match the instance"));
     }
     let binding = Binding::new(&bid, asked.clone());
     let (host, port) = b.endpoint(&id).await.map_err(internal)?;
