@@ -229,8 +229,9 @@ async fn two_brokers_provisioning_at_once_never_share_a_cell_or_port() {
         assert_eq!(p.await.unwrap(), 202);
     }
     // Both brokers drive in the background; let them place everything.
-    wait_for("every member placed", Duration::from_secs(20), || async {
-        (d.etcd.dump("/pgcell/placements/").await.len() == 6).then_some(())
+    wait_for("every member placed and every router port claimed", Duration::from_secs(30), || async {
+        let ports = d.etcd.dump("/pgcell/router_ports/").await.len();
+        (d.etcd.dump("/pgcell/placements/").await.len() == 6 && ports == 3).then_some(())
     })
     .await;
     let placements: Vec<pgcell::etcd::store::Placement> =

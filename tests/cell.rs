@@ -168,3 +168,29 @@ async fn bad_input_gets_4xx_with_osb_body_and_changes_nothing() {
     // Health needs no auth; it is the only endpoint that does not.
     assert_eq!(call("GET", &a.url("/healthz"), None, None).await.status, 200);
 }
+
+/// The per-cell DELETE writes an intent (placement marked `purge`) that the cell
+/// carries out: an agent dead before it did still removes everything on restart.
+#[tokio::test]
+async fn a_purge_intent_outlives_the_agent() {
+    let mut d = Deployment::start(1).await;
+    seed_cluster(&d, "5", &[0]).await;
+    assert_eq!(d.containers().len(), 1);
+    // The DELETE's first step, then the agent dies before carrying it out.
+    d.cells[0].kill_agent();
+    let mut c = d.etcd.client().await;
+    let key = format!("/pgcell/placements/{}/5", d.cells[0].name);
+    let mut p: serde_json::Value =
+        serde_json::from_slice(c.get(key.as_str(), None).await.unwrap().kvs()[0].value()).unwrap();
+    p["purge"] = serde_json::json!(true);
+    c.put(key.as_str(), p.to_string(), None).await.unwrap();
+    assert_eq!(d.containers().len(), 1, "the member still runs while its agent is down");
+    d.cells[0].start_agent();
+    wait_for("the member purged by the restarted agent", Duration::from_secs(60), || async {
+        let keys: Vec<_> =
+            d.etcd.dump("/pgcell/").await.into_iter().filter(|(k, _)| !k.starts_with("/pgcell/cells/")).collect();
+        (keys.is_empty() && d.containers().is_empty() && d.etcd.dump("/service/").await.is_empty()).then_some(())
+    })
+    .await;
+    assert!(dir_is_empty_or_missing(&d.cells[0].data_root), "data left in {}", d.cells[0].data_root.display());
+}

@@ -150,6 +150,8 @@ impl CellActor {
             if let Some((cur, rev)) = crate::etcd::store::get_json::<Placement>(&mut etcd, &key).await?
                 && cur.purge
             {
+                // Before the placement goes, so an agent dying in between does it again on restart.
+                crate::etcd::store::forget_seed_instance_if_last(&mut etcd, &cur).await?;
                 crate::etcd::store::remove_placement(&mut etcd, &cur, rev).await?;
             }
             anyhow::Ok(())
@@ -279,36 +281,17 @@ impl Handler<EnsureMember> for CellActor {
     }
 }
 
-/// A placement of this cell was deleted: remove its container now.
+/// A placement of this cell was marked `purge`: carry it out now rather than
+/// at the next watch event (the per-cell DELETE waits for it).
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
-pub struct RetireMember(pub Placement);
+#[rtype(result = "()")]
+pub struct PurgeMember(pub Placement);
 
-impl Handler<RetireMember> for CellActor {
-    type Result = ResponseActFuture<Self, Result<(), String>>;
+impl Handler<PurgeMember> for CellActor {
+    type Result = ();
 
-    fn handle(&mut self, RetireMember(p): RetireMember, ctx: &mut Context<Self>) -> Self::Result {
-        self.desired.remove(&p.cell, &p.instance_id);
-        let addr = self.members.remove(&p.member);
-        self.children.release("container", &p.member);
-        self.restarting.remove(&("container", p.member.clone()));
-        self.retiring.insert(p.member.clone());
-        self.follow_clusters(ctx);
-        let deps = self.deps.clone();
-        let member = p.member.clone();
-        Box::pin(
-            async move {
-                match addr {
-                    Some(addr) => addr.send(Retire).await.map_err(|e| e.to_string())?,
-                    None => deps.remove_container(&p.member).await.map_err(|e| format!("{e:#}")),
-                }
-            }
-            .into_actor(self)
-            .map(move |res, act, _| {
-                act.retiring.remove(&member);
-                res
-            }),
-        )
+    fn handle(&mut self, PurgeMember(p): PurgeMember, ctx: &mut Context<Self>) {
+        self.purge(p, ctx);
     }
 }
 

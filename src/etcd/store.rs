@@ -289,6 +289,20 @@ pub async fn router_port_of(client: &mut Client, instance: &str) -> anyhow::Resu
     Ok(resp.kvs().first().and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()))
 }
 
+/// A seed instance (made through the per-cell API, so no broker spec) whose
+/// last member is `last` being purged: its keys go with it. Broker instances
+/// are left to the broker, which deletes their keys when no placement is left.
+pub async fn forget_seed_instance_if_last(client: &mut Client, last: &Placement) -> anyhow::Result<()> {
+    let id = &last.instance_id;
+    let others = instance_cells(client, id).await?.into_iter().any(|c| c != last.cell);
+    let has_spec = client.get(keys::spec(id), None).await.context("etcd get spec")?.count() > 0;
+    if !others && !has_spec {
+        delete_instance_keys(client, id).await?;
+        tracing::info!(instance = %id, "last member removed; cluster keys deleted");
+    }
+    Ok(())
+}
+
 /// Deletes an instance's own keys (its router port claim included) and its
 /// Patroni cluster's keys: nothing else.
 pub async fn delete_instance_keys(client: &mut Client, instance: &str) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::auth::Authorized;
 use super::osb::{OsbError, parse_json, read_body};
-use crate::actors::cell::{CellActor, EnsureMember, FailChild, GetActors, GetMemberRoles, RetireMember};
+use crate::actors::cell::{CellActor, EnsureMember, FailChild, GetActors, GetMemberRoles, PurgeMember};
 use crate::cell::member::CellDeps;
 use crate::etcd::store::{self, CellPorts, PlaceError, Placed, Placement};
 use crate::etcd::{Client, keys};
@@ -161,19 +161,31 @@ async fn deprovision(
     else {
         return Err(OsbError::new(StatusCode::GONE, format!("instance {id} has no member on this cell")));
     };
-    if !store::remove_placement(&mut etcd, &placement, rev).await.map_err(OsbError::internal)? {
+    // One intent path, as the broker's: mark the member for purge, let the cell
+    // remove container, data and keys (again after a crash), wait for it.
+    let already = placement.purge;
+    let marked = Placement { purge: true, ..placement };
+    if !already && !store::update_placement(&mut etcd, &marked, rev).await.map_err(OsbError::internal)? {
         return Err(OsbError::new(StatusCode::UNPROCESSABLE_ENTITY, "instance changed meanwhile; try again")
             .code("ConcurrencyError"));
     }
-    api.cell.send(RetireMember(placement.clone())).await.map_err(OsbError::internal)?.map_err(OsbError::internal)?;
-    api.deps.purge(&placement).await.map_err(|e| OsbError::internal(format!("{e:#}")))?;
-    if store::instance_cells(&mut etcd, &id).await.map_err(OsbError::internal)?.is_empty() {
-        store::delete_instance_keys(&mut etcd, &id).await.map_err(OsbError::internal)?;
-        tracing::info!(instance = %id, "last member removed; cluster keys deleted");
+    api.cell.do_send(PurgeMember(marked.clone()));
+    let deadline = std::time::Instant::now() + PURGE_WAIT;
+    while store::get_json::<Placement>(&mut etcd, &key).await.map_err(OsbError::internal)?.is_some() {
+        if std::time::Instant::now() > deadline {
+            return Err(OsbError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("member {} is still being removed; it goes on; DELETE again to check", marked.member),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    tracing::info!(instance = %id, member = %placement.member, "member removed with its data");
+    tracing::info!(instance = %id, member = %marked.member, "member removed with its data");
     Ok(HttpResponse::Ok().json(json!({})))
 }
+
+/// How long a per-cell DELETE waits for the cell to remove its member.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[get("/debug/actors")]
 async fn debug_actors(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResponse, OsbError> {
