@@ -1,6 +1,7 @@
 //! Presence and type of every request field the OSB spec defines, checked
 //! before anything is looked up or changed. Unknown fields are ignored, as the
-//! spec asks; a JSON `null` counts as absent for optional fields.
+//! spec asks; a JSON `null` or an empty object counts as absent for optional
+//! fields (platforms written in Go send `"maintenance_info": {}` for "none").
 
 use serde_json::{Map, Value};
 
@@ -73,7 +74,7 @@ pub fn check(body: &Value, fields: &[Field]) -> Result<(), OsbError> {
 fn check_object(path: &str, obj: &Map<String, Value>, fields: &[Field]) -> Result<(), OsbError> {
     for Field(name, kind, required) in fields {
         let at = format!("{path}{name}");
-        let value = obj.get(*name).filter(|v| !v.is_null());
+        let value = obj.get(*name).filter(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()));
         let Some(v) = value else {
             if *required {
                 return Err(OsbError::bad_request(format!("{at} is required ({})", describe(*kind))));
@@ -139,6 +140,7 @@ mod tests {
         check(&good, PROVISION).unwrap();
         let mut with_nulls = good.clone();
         with_nulls["context"] = Value::Null;
+        with_nulls["maintenance_info"] = json!({});
         with_nulls["unknown"] = json!(3);
         check(&with_nulls, PROVISION).unwrap();
         for (field, value, says) in [
@@ -147,7 +149,7 @@ mod tests {
             ("context", json!("x"), "context must be a JSON object"),
             ("parameters", json!([1]), "parameters must be a JSON object"),
             ("maintenance_info", json!(1), "maintenance_info must be a JSON object"),
-            ("maintenance_info", json!({}), "maintenance_info.version is required"),
+            ("maintenance_info", json!({"description": "x"}), "maintenance_info.version is required"),
             ("service_id", json!(7), "service_id must be a non-empty string"),
         ] {
             let mut b = good.clone();
@@ -165,7 +167,7 @@ mod tests {
             ("app_guid", json!(5), "app_guid must be a non-empty string"),
             ("bind_resource", json!("a"), "bind_resource must be a JSON object"),
             ("bind_resource", json!({"app_guid": 1}), "bind_resource.app_guid must be"),
-            ("bind_resource", json!({"route": {}}), "bind_resource.route must be a string"),
+            ("bind_resource", json!({"route": 1}), "bind_resource.route must be a string"),
             ("context", json!(true), "context must be a JSON object"),
         ] {
             let mut b = good.clone();
