@@ -75,21 +75,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.etcd_endpoints = config::split_endpoints(flag);
                 cfg.validate()?;
             }
-            actix::System::new().block_on(crate::cell::daemon::run(cfg))
+            actix::System::new().block_on(crate::daemon::cell::run(cfg))
         }
         Command::Router { config } => {
             let mut cfg = config::RouterConfig::load(config.as_deref())?;
             if let Some(flag) = cli.etcd.as_deref() {
                 cfg.etcd_endpoints = config::split_endpoints(flag);
             }
-            actix::System::new().block_on(crate::router::daemon::run(cfg))
+            actix::System::new().block_on(crate::daemon::router::run(cfg))
         }
         Command::Broker { config } => {
             let mut cfg = config::BrokerConfig::load(config.as_deref())?;
             if let Some(flag) = cli.etcd.as_deref() {
                 cfg.etcd_endpoints = config::split_endpoints(flag);
             }
-            actix::System::new().block_on(crate::broker::daemon::run(cfg))
+            actix::System::new().block_on(crate::daemon::broker::run(cfg))
         }
         tool => {
             let endpoints = etcd_endpoints(cli.etcd.as_deref(), vec!["127.0.0.1:2379".into()]);

@@ -1,20 +1,19 @@
 //! pgcell: high-availability PostgreSQL clusters on a fleet of cells.
 //!
-//! Layout (see `docs/architecture.md` for the keys in etcd):
+//! Layers, lowest first; a module imports only from its own layer's lower
+//! entries or lower layers (`tests/layers.rs` checks it; `docs/architecture.md`
+//! draws it):
 //!
-//! - [`config`]: TOML configuration with `PGCELL_*` environment overrides.
-//! - [`names`]: what an instance, a scope, a member and a container are called.
-//! - [`etcd`]: the key layout under `/pgcell/`, transactions (secrets, port slots,
-//!   placements) and a prefix watcher that resumes after etcd restarts.
-//! - [`docker`]: the Docker Engine through bollard: member containers and their labels.
-//! - [`patroni`]: rendering Patroni's configuration and reading what Patroni writes
-//!   under `/service/<scope>/`.
-//! - [`broker`]: the Open Service Broker: catalog, placement, operations, SQL for bindings.
-//! - [`cell`]: plain logic of a cell (reconciling desired members with containers).
-//! - [`actors`]: the actix actors, thin shells over the plain structs above.
-//! - [`http`]: the per-cell broker API, health and the OSB error body.
-//! - [`router`]: the routing mesh: the table from etcd, the data path in plain tokio.
-//! - [`ops`]: operator tools (`pgcell leaders`, `pgcell states`).
+//! 1. leaves: [`names`], [`backoff`], [`secret`], [`metrics`] (every layer counts), [`config`].
+//! 2. adapters: [`etcd`] (key layout, transactions, watches), [`patroni`] (its
+//!    configuration and what it writes in etcd), [`docker`] (member containers).
+//! 3. logic, plain structs and async steps, no actors or HTTP: [`cell`]
+//!    (reconcile, drain, member files), [`router`] (routing table, data path),
+//!    [`broker`] (catalog, model, placement, engine, background driver).
+//! 4. [`actors`]: actix shells over the logic.
+//! 5. [`http`]: the per-cell API, the OSB endpoints, auth, the OSB error body.
+//! 6. [`daemon`]: wiring of `pgcell cell`, `router`, `broker` (actors + HTTP).
+//! 7. [`ops`] (operator tools) and [`cli`].
 #![forbid(unsafe_code)]
 
 pub mod actors;
@@ -23,9 +22,11 @@ pub mod broker;
 pub mod cell;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod docker;
 pub mod etcd;
 pub mod http;
+pub mod metrics;
 pub mod names;
 pub mod ops;
 pub mod patroni;

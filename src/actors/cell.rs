@@ -252,7 +252,7 @@ impl StreamHandler<Result<EventMessage, bollard::errors::Error>> for CellActor {
         // The engine went away (restart, socket broken): resubscribe after a
         // backoff, and re-list so nothing that happened meanwhile is missed.
         let delay = self.docker_backoff.next_delay();
-        crate::http::metrics::inc(&crate::http::metrics::COUNTERS.docker_reconnects);
+        crate::metrics::inc(&crate::metrics::COUNTERS.docker_reconnects);
         tracing::warn!(?delay, "docker event stream ended; resubscribing");
         ctx.run_later(delay, |act, ctx| {
             act.subscribe_docker(ctx);
@@ -300,7 +300,7 @@ impl Handler<ChildEnded> for CellActor {
 
     fn handle(&mut self, ev: ChildEnded, ctx: &mut Context<Self>) {
         let Verdict::Restart(delay) = self.children.ended(&ev) else { return };
-        crate::http::metrics::inc(&crate::http::metrics::COUNTERS.actor_restarts);
+        crate::metrics::inc(&crate::metrics::COUNTERS.actor_restarts);
         tracing::error!(kind = ev.kind, id = %ev.id, reason = %ev.reason, ?delay, "actor failed; starting it again");
         // The dead address goes now (a retire or a purge meanwhile then works
         // on the container directly); `restarting` keeps a reconcile from

@@ -69,7 +69,7 @@ impl StreamHandler<WatchEvent> for ClusterActor {
         }
         if self.view.leader != leader_before {
             if leader_before.is_some() {
-                crate::http::metrics::inc(&crate::http::metrics::COUNTERS.failovers_seen);
+                crate::metrics::inc(&crate::metrics::COUNTERS.failovers_seen);
             }
             tracing::info!(scope = %self.view.scope, leader = ?self.view.leader, "leader changed");
         }

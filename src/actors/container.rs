@@ -90,14 +90,14 @@ impl Handler<ContainerDied> for ContainerActor {
         }
         self.status.event("exited");
         self.container_restarts += 1;
-        crate::http::metrics::inc(&crate::http::metrics::COUNTERS.containers_died);
+        crate::metrics::inc(&crate::metrics::COUNTERS.containers_died);
         // First end the dead leader's lock (if it was the leader), so a replica
         // is promoted in seconds; then start the container again after a backoff.
         let (deps, p) = (self.deps.clone(), self.placement.clone());
         let end_lock = async move { deps.end_lock_if_dead(&p).await }.into_actor(self).map(|res, act, ctx| {
             match res {
                 Ok(true) => {
-                    crate::http::metrics::inc(&crate::http::metrics::COUNTERS.leader_locks_ended);
+                    crate::metrics::inc(&crate::metrics::COUNTERS.leader_locks_ended);
                     tracing::warn!(member = %act.placement.member, "leader container died: its lock is ended")
                 }
                 Ok(false) => {}

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 /// pgcell's service.
 pub const SERVICE_ID: &str = "5d5bc3d4-8a4e-4f47-9a68-7d1c2f0b9e15";
 /// The seed's service and plan (cf-containers-broker era): kept working.
-pub const SEED_SERVICE_ID: &str = crate::http::cell_api::SEED_SERVICE_ID;
-pub const SEED_PLAN_ID: &str = crate::http::cell_api::SEED_PLAN_ID;
+pub const SEED_SERVICE_ID: &str = "0f5c1670-6dc3-11e5-bc08-6c4008a663f0";
+pub const SEED_PLAN_ID: &str = "1545e30e-6dc3-11e5-826a-6c4008a663f0";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {

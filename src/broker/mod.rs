@@ -5,7 +5,6 @@
 //! began and nothing waits for a poll.
 
 pub mod catalog;
-pub mod daemon;
 pub mod driver;
 pub mod engine;
 pub mod model;

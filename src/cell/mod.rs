@@ -1,6 +1,5 @@
 //! Plain logic of a cell: what to do to make Docker match the placements.
 
-pub mod daemon;
 pub mod drain;
 pub mod member;
 pub mod reconcile;

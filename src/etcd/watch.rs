@@ -63,7 +63,7 @@ async fn run(mut client: Client, prefix: String, tx: mpsc::UnboundedSender<Watch
             return;
         }
         tracing::warn!(%prefix, %error, "etcd watch interrupted; resuming");
-        crate::http::metrics::inc(&crate::http::metrics::COUNTERS.watch_reconnects);
+        crate::metrics::inc(&crate::metrics::COUNTERS.watch_reconnects);
         let _ = tx.unbounded_send(WatchEvent::Interrupted { error });
         tokio::time::sleep(backoff.next_delay()).await;
     }

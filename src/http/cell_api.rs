@@ -17,8 +17,7 @@ use crate::etcd::{Client, keys};
 use crate::names;
 
 /// The seed's service and plan: one member of the cluster on the cell asked.
-pub const SEED_SERVICE_ID: &str = "0f5c1670-6dc3-11e5-bc08-6c4008a663f0";
-pub const SEED_PLAN_ID: &str = "1545e30e-6dc3-11e5-826a-6c4008a663f0";
+pub use crate::broker::catalog::{SEED_PLAN_ID, SEED_SERVICE_ID};
 
 pub struct CellApi {
     pub cell: Addr<CellActor>,
@@ -215,7 +214,7 @@ async fn fail_actor(
 
 #[get("/metrics")]
 async fn metrics(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResponse, OsbError> {
-    use super::metrics::{counter_samples, render};
+    use crate::metrics::{counter_samples, render};
     let actors = api.cell.send(GetActors).await.map_err(OsbError::internal)?;
     let roles = api.cell.send(GetMemberRoles).await.map_err(OsbError::internal)?;
     let (mut samples, mut kinds) = counter_samples();

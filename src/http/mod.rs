@@ -4,7 +4,6 @@
 pub mod auth;
 pub mod broker;
 pub mod cell_api;
-pub mod metrics;
 pub mod osb;
 
 use actix_web::{HttpResponse, get};

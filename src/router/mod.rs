@@ -1,6 +1,5 @@
 //! The routing mesh: every instance's router port forwards to its current
 //! primary. [`table`] decides the routes from etcd; [`proxy`] moves the bytes.
 
-pub mod daemon;
 pub mod proxy;
 pub mod table;

@@ -16,7 +16,7 @@ pub fn start_broker(etcd: &str, name: &str, router_ports: (u16, u16)) -> String 
         ..BrokerConfig::default()
     };
     std::thread::spawn(move || {
-        if let Err(e) = actix_web::rt::System::new().block_on(pgcell::broker::daemon::serve(cfg, listener)) {
+        if let Err(e) = actix_web::rt::System::new().block_on(pgcell::daemon::broker::serve(cfg, listener)) {
             eprintln!("in-process broker ended: {e:#}");
         }
     });

@@ -8,13 +8,13 @@ use actix::{Actor, Addr};
 use actix_web::{App, HttpResponse, HttpServer, get, post, web};
 use anyhow::Context;
 
-use super::proxy::{Stats, Table};
 use crate::actors::router_table::{RouterParts, RouterTableActor};
 use crate::actors::supervise::{self, Children, Verdict};
 use crate::actors::{ActorStatus, GetState, InjectFailure};
 use crate::config::RouterConfig;
 use crate::etcd::{keys, registration, store::RouterRecord};
 use crate::http::{self, auth::Authorized, auth::Credentials, osb::OsbError};
+use crate::router::proxy::{Stats, Table};
 
 struct RouterHttp {
     /// The table actor now (a new one after a failure).
@@ -99,7 +99,7 @@ fn supervise_table(parts: RouterParts) -> tokio::sync::watch::Receiver<Addr<Rout
     actix::spawn(async move {
         while let Ok(ev) = ended.await {
             let Verdict::Restart(delay) = children.ended(&ev) else { return };
-            crate::http::metrics::inc(&crate::http::metrics::COUNTERS.actor_restarts);
+            crate::metrics::inc(&crate::metrics::COUNTERS.actor_restarts);
             tracing::error!(reason = %ev.reason, ?delay, "router table actor failed; starting it again");
             tokio::time::sleep(delay).await;
             let (addr, next) = start(&mut children);
@@ -143,7 +143,7 @@ async fn fail_table(_: Authorized, s: web::Data<RouterHttp>) -> Result<HttpRespo
 
 #[get("/metrics")]
 async fn metrics(_: Authorized, s: web::Data<RouterHttp>) -> HttpResponse {
-    use crate::http::metrics::{counter_samples, render};
+    use crate::metrics::{counter_samples, render};
     use std::sync::atomic::Ordering::Relaxed;
     let st = &s.stats;
     let with_primary = s.table.iter().filter(|e| e.primary.borrow().is_some()).count() as u64;

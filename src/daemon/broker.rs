@@ -4,9 +4,10 @@ use actix_web::dev::Service;
 use actix_web::{App, HttpResponse, HttpServer, get, web};
 use anyhow::Context;
 
-use super::engine::Broker;
+use crate::broker::engine::Broker;
 use crate::config::BrokerConfig;
-use crate::http::{self, auth::Authorized, auth::Credentials, metrics};
+use crate::http::{self, auth::Authorized, auth::Credentials};
+use crate::metrics;
 
 pub async fn run(cfg: BrokerConfig) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(&cfg.listen)
@@ -19,7 +20,7 @@ pub async fn serve(cfg: BrokerConfig, listener: std::net::TcpListener) -> anyhow
     let creds = web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.clone() });
     tracing::info!(broker = %cfg.name, listen = %listener.local_addr()?, "broker running");
     let broker = Broker::new(etcd, cfg);
-    actix_web::rt::spawn(super::driver::run(broker.clone()));
+    actix_web::rt::spawn(crate::broker::driver::run(broker.clone()));
     let broker = web::Data::new(broker);
     HttpServer::new(move || {
         App::new()
