@@ -19,6 +19,20 @@ pub fn pgcell_bin() -> &'static str {
     env!("CARGO_BIN_EXE_pgcell")
 }
 
+/// The member image of this checkout's recipe (built if missing): tests run
+/// against the image their own tree describes, not whatever `:latest` is.
+pub fn image() -> &'static str {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/image/build.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("deploy/image/build.sh runs");
+        assert!(out.status.success(), "the member image could not be built");
+        String::from_utf8_lossy(&out.stdout).lines().last().expect("build.sh prints the tag").trim().to_string()
+    })
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -301,6 +315,7 @@ impl Deployment {
             ("PGCELL_DATA_ROOT", data_root.display().to_string()),
             ("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoint.clone()),
             ("PGCELL_MEMORY_MB", "512".to_string()),
+            ("PGCELL_IMAGE", image().to_string()),
             ("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1)),
             ("PGCELL_LOG", "info,pgcell=debug".to_string()),
         ]
