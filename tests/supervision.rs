@@ -21,13 +21,13 @@ fn find<'a>(actors: &'a [serde_json::Value], kind: &str, id: &str) -> &'a serde_
     actors.iter().find(|a| a["kind"] == kind && a["id"] == id).unwrap_or_else(|| panic!("no {kind} {id}: {actors:?}"))
 }
 
-/// Waits until the actor reports `restarts` and a state that `state_ok` accepts.
-async fn wait_restarted(url: &str, auth: Option<(&str, &str)>, kind: &str, id: &str, state_ok: fn(&str) -> bool) {
+/// Waits until the actor reports `restarts` and a state and detail that `state_ok` accepts.
+async fn wait_restarted(url: &str, auth: Option<(&str, &str)>, kind: &str, id: &str, state_ok: fn(&str, &str) -> bool) {
     let what = format!("{kind} actor {id} restarted and rebuilt");
     wait_for(&what, Duration::from_secs(20), || async move {
         let all = actors(url, auth).await;
         let a = all.iter().find(|a| a["kind"] == kind && a["id"] == id)?;
-        (a["restarts"] == 1 && state_ok(a["state"].as_str()?)).then_some(())
+        (a["restarts"] == 1 && state_ok(a["state"].as_str()?, a["detail"].as_str()?)).then_some(())
     })
     .await;
 }
@@ -71,8 +71,9 @@ async fn failed_actors_are_restarted_with_state_rebuilt_and_nothing_else_stops()
     let cell_actors = d.cells[0].url("/debug/actors");
     assert_eq!(call("POST", &fail(0, "container", &m2), SEED_AUTH, None).await.status, 202);
     assert_eq!(call("POST", &fail(0, "cluster", "cf-1"), SEED_AUTH, None).await.status, 202);
-    wait_restarted(&cell_actors, SEED_AUTH, "container", &m2, |s| s == "running").await;
-    wait_restarted(&cell_actors, SEED_AUTH, "cluster", "cf-1", |s| s.contains("leader=cf-1-")).await;
+    wait_restarted(&cell_actors, SEED_AUTH, "container", &m2, |s, _| s == "running").await;
+    wait_restarted(&cell_actors, SEED_AUTH, "cluster", "cf-1", |s, d| s == "following" && d.contains("leader=cf-1-"))
+        .await;
     let all = actors(&cell_actors, SEED_AUTH).await;
     let failed = find(&all, "container", &m2);
     assert!(failed["last_error"].as_str().unwrap().starts_with("panicked: injected failure"), "{failed}");
@@ -93,7 +94,10 @@ async fn failed_actors_are_restarted_with_state_rebuilt_and_nothing_else_stops()
     assert_eq!(call("POST", &router_fail, ROUTER_AUTH, None).await.status, 202);
     assert_eq!(server_port(&via_router).unwrap(), c0_port, "routing goes on while the actor is restarted");
     let router_actors = d.routers[0].url("/debug/actors");
-    wait_restarted(&router_actors, ROUTER_AUTH, "router_table", "routes", |s| s.starts_with("ports=")).await;
+    wait_restarted(&router_actors, ROUTER_AUTH, "router_table", "routes", |s, d| {
+        s == "routing" && d.starts_with("ports=")
+    })
+    .await;
     assert_eq!(call("GET", &d.routers[0].url("/healthz"), None, None).await.status, 200, "the router lives on");
     writeln!(stdin, "select 'kept';").unwrap();
     drop(stdin);
@@ -132,7 +136,7 @@ async fn failed_actors_are_restarted_with_state_rebuilt_and_nothing_else_stops()
         let (url, leader) = (cell_actors.clone(), leader.clone());
         async move {
             let all = actors(&url, SEED_AUTH).await;
-            find(&all, "cluster", "cf-1")["state"].as_str()?.contains(&leader).then_some(())
+            find(&all, "cluster", "cf-1")["detail"].as_str()?.contains(&leader).then_some(())
         }
     })
     .await;

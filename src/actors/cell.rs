@@ -12,7 +12,7 @@ use bollard::models::EventMessage;
 use super::cluster::{ClusterActor, GetClusterView, StopFollowing};
 use super::container::{ContainerActor, ContainerDied, ContainerStarted, EnsureRunning, Retire, StopForShutdown};
 use super::supervise::{ChildEnded, Children, Lifeline, Verdict};
-use super::{ActorStatus, GetState, InjectFailure};
+use super::{ActorKind, ActorState, ActorStatus, GetState, InjectFailure};
 use crate::backoff::Backoff;
 use crate::cell::member::CellDeps;
 use crate::cell::reconcile::{Desired, plan};
@@ -34,7 +34,7 @@ pub struct CellActor {
     retiring: BTreeSet<String>,
     /// Children that failed and wait out their backoff before they are
     /// started again: not orphans, not to adopt yet.
-    restarting: BTreeSet<(&'static str, String)>,
+    restarting: BTreeSet<(ActorKind, String)>,
     reconciling: bool,
     dirty: bool,
     docker_backoff: Backoff,
@@ -44,7 +44,7 @@ pub struct CellActor {
 
 impl CellActor {
     pub fn new(deps: CellDeps, lifeline: Lifeline) -> Self {
-        let status = ActorStatus::new("cell", deps.cfg.name.clone());
+        let status = ActorStatus::new(ActorKind::Cell, deps.cfg.name.clone());
         Self {
             deps,
             desired: Desired::default(),
@@ -87,7 +87,7 @@ impl CellActor {
     }
 
     fn apply_plan(&mut self, containers: &[docker::MemberContainer], ctx: &mut Context<Self>) {
-        let waiting = self.restarting.iter().filter(|(k, _)| *k == "container").map(|(_, m)| m);
+        let waiting = self.restarting.iter().filter(|(k, _)| *k == ActorKind::Container).map(|(_, m)| m);
         let actors: BTreeSet<String> = self.members.keys().chain(&self.retiring).chain(waiting).cloned().collect();
         let plan = plan(&self.desired, &actors, containers);
         for p in plan.purge {
@@ -103,7 +103,7 @@ impl CellActor {
         }
         for member in plan.retire {
             if let Some(addr) = self.members.remove(&member) {
-                self.children.release("container", &member);
+                self.children.release(ActorKind::Container, &member);
                 tracing::info!(%member, "member no longer placed here; removing its container (data kept)");
                 addr.do_send(Retire);
             }
@@ -121,12 +121,15 @@ impl CellActor {
             );
         }
         self.follow_clusters(ctx);
-        self.status.event(format!(
-            "members={} clusters={} child_restarts={}",
-            self.members.len(),
-            self.clusters.len(),
-            self.children.total_restarts()
-        ));
+        self.status.event(
+            ActorState::Running,
+            format!(
+                "members={} clusters={} child_restarts={}",
+                self.members.len(),
+                self.clusters.len(),
+                self.children.total_restarts()
+            ),
+        );
     }
 
     /// Removes a member marked `purge`: container, data, Patroni member key, then its placement.
@@ -135,8 +138,8 @@ impl CellActor {
             return;
         }
         let actor = self.members.remove(&p.member);
-        self.children.release("container", &p.member);
-        self.restarting.remove(&("container", p.member.clone()));
+        self.children.release(ActorKind::Container, &p.member);
+        self.restarting.remove(&(ActorKind::Container, p.member.clone()));
         let deps = self.deps.clone();
         let member = p.member.clone();
         let work = async move {
@@ -167,9 +170,9 @@ impl CellActor {
 
     /// Starts the member's actor; it adopts the container if one runs.
     fn adopt(&mut self, p: Placement, ctx: &mut Context<Self>) -> Addr<ContainerActor> {
-        let (generation, restarts, last_error) = self.children.starting("container", &p.member);
-        let lifeline = Lifeline::to(ctx.address().recipient(), "container", p.member.clone(), generation);
-        let status = ActorStatus::new("container", p.member.clone()).restarted(restarts, last_error);
+        let (generation, restarts, last_error) = self.children.starting(ActorKind::Container, &p.member);
+        let lifeline = Lifeline::to(ctx.address().recipient(), ActorKind::Container, p.member.clone(), generation);
+        let status = ActorStatus::new(ActorKind::Container, p.member.clone()).restarted(restarts, last_error);
         let addr = ContainerActor::new(self.deps.clone(), p.clone(), status, lifeline).start();
         addr.do_send(EnsureRunning);
         self.members.insert(p.member, addr.clone());
@@ -182,18 +185,18 @@ impl CellActor {
         self.clusters.retain(|scope, addr| {
             let keep = scopes.contains(scope);
             if !keep {
-                children.release("cluster", scope);
+                children.release(ActorKind::Cluster, scope);
                 addr.do_send(StopFollowing);
             }
             keep
         });
         for scope in scopes {
-            if self.clusters.contains_key(&scope) || self.restarting.contains(&("cluster", scope.clone())) {
+            if self.clusters.contains_key(&scope) || self.restarting.contains(&(ActorKind::Cluster, scope.clone())) {
                 continue;
             }
-            let (generation, restarts, last_error) = self.children.starting("cluster", &scope);
-            let lifeline = Lifeline::to(ctx.address().recipient(), "cluster", scope.clone(), generation);
-            let status = ActorStatus::new("cluster", scope.clone()).restarted(restarts, last_error);
+            let (generation, restarts, last_error) = self.children.starting(ActorKind::Cluster, &scope);
+            let lifeline = Lifeline::to(ctx.address().recipient(), ActorKind::Cluster, scope.clone(), generation);
+            let status = ActorStatus::new(ActorKind::Cluster, scope.clone()).restarted(restarts, last_error);
             let addr = ClusterActor::new(self.deps.etcd.clone(), &scope, status, lifeline).start();
             self.clusters.insert(scope, addr);
         }
@@ -271,7 +274,7 @@ impl Handler<EnsureMember> for CellActor {
 
     fn handle(&mut self, EnsureMember(p): EnsureMember, ctx: &mut Context<Self>) -> Self::Result {
         self.desired.insert(p.clone());
-        self.restarting.remove(&("container", p.member.clone()));
+        self.restarting.remove(&(ActorKind::Container, p.member.clone()));
         let addr = match self.members.get(&p.member) {
             Some(a) => a.clone(),
             None => self.adopt(p, ctx),
@@ -301,12 +304,12 @@ impl Handler<ChildEnded> for CellActor {
     fn handle(&mut self, ev: ChildEnded, ctx: &mut Context<Self>) {
         let Verdict::Restart(delay) = self.children.ended(&ev) else { return };
         crate::metrics::inc(&crate::metrics::COUNTERS.actor_restarts);
-        tracing::error!(kind = ev.kind, id = %ev.id, reason = %ev.reason, ?delay, "actor failed; starting it again");
+        tracing::error!(kind = %ev.kind, id = %ev.id, reason = %ev.reason, ?delay, "actor failed; starting it again");
         // The dead address goes now (a retire or a purge meanwhile then works
         // on the container directly); `restarting` keeps a reconcile from
         // starting the child before its backoff is over.
         match ev.kind {
-            "container" => self.members.remove(&ev.id).map(drop),
+            ActorKind::Container => self.members.remove(&ev.id).map(drop),
             _ => self.clusters.remove(&ev.id).map(drop),
         };
         self.restarting.insert((ev.kind, ev.id.clone()));
@@ -322,7 +325,7 @@ impl Handler<ChildEnded> for CellActor {
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct FailChild {
-    pub kind: String,
+    pub kind: ActorKind,
     pub id: String,
 }
 
@@ -330,16 +333,16 @@ impl Handler<FailChild> for CellActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, FailChild { kind, id }: FailChild, ctx: &mut Context<Self>) -> Self::Result {
-        if kind == "cell" && id == self.deps.cfg.name {
-            // After this reply, so the caller hears that it was accepted.
-            ctx.run_later(Duration::ZERO, |_, _| panic!("injected failure in the cell actor"));
-            return Ok(());
-        }
-        match kind.as_str() {
-            "container" => self.members.get(&id).map(|a| a.do_send(InjectFailure)),
-            "cluster" => self.clusters.get(&id).map(|a| a.do_send(InjectFailure)),
-            "cell" => return Err(format!("no cell actor {id:?} here: this cell is {:?}", self.deps.cfg.name)),
-            _ => return Err(format!("no actor kind {kind:?} here: cell, container or cluster")),
+        match kind {
+            ActorKind::Cell if id == self.deps.cfg.name => {
+                // After this reply, so the caller hears that it was accepted.
+                ctx.run_later(Duration::ZERO, |_, _| panic!("injected failure in the cell actor"));
+                return Ok(());
+            }
+            ActorKind::Cell => return Err(format!("no cell actor {id:?} here: this cell is {:?}", self.deps.cfg.name)),
+            ActorKind::Container => self.members.get(&id).map(|a| a.do_send(InjectFailure)),
+            ActorKind::Cluster => self.clusters.get(&id).map(|a| a.do_send(InjectFailure)),
+            _ => return Err(format!("no {kind} actors on a cell: cell, container or cluster")),
         }
         .ok_or_else(|| format!("no {kind} actor {id:?} on this cell"))
     }
@@ -387,15 +390,15 @@ impl Handler<GetActors> for CellActor {
         let members: Vec<_> = self.members.iter().map(|(k, a)| (k.clone(), a.clone().recipient())).collect();
         let clusters: Vec<_> = self.clusters.iter().map(|(k, a)| (k.clone(), a.clone().recipient())).collect();
         Box::pin(async move {
-            let ask = |(id, r): (String, Recipient<GetState>), kind: &'static str| async move {
+            let ask = |(id, r): (String, Recipient<GetState>), kind: ActorKind| async move {
                 match tokio::time::timeout(Duration::from_secs(1), r.send(GetState)).await {
                     Ok(Ok(s)) => s,
-                    _ => ActorStatus { state: "unresponsive".into(), ..ActorStatus::new(kind, id) },
+                    _ => ActorStatus::unresponsive(kind, id),
                 }
             };
             let mut out = vec![mine];
-            out.extend(futures::future::join_all(members.into_iter().map(|m| ask(m, "container"))).await);
-            out.extend(futures::future::join_all(clusters.into_iter().map(|c| ask(c, "cluster"))).await);
+            out.extend(futures::future::join_all(members.into_iter().map(|m| ask(m, ActorKind::Container))).await);
+            out.extend(futures::future::join_all(clusters.into_iter().map(|c| ask(c, ActorKind::Cluster))).await);
             out
         })
     }

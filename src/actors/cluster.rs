@@ -5,7 +5,7 @@
 use actix::prelude::*;
 
 use super::supervise::Lifeline;
-use super::{ActorStatus, GetState, InjectFailure};
+use super::{ActorState, ActorStatus, GetState, InjectFailure};
 use crate::etcd::watch::{WatchEvent, watch_prefix};
 use crate::etcd::{Client, keys};
 use crate::patroni::ClusterView;
@@ -73,7 +73,7 @@ impl StreamHandler<WatchEvent> for ClusterActor {
             }
             tracing::info!(scope = %self.view.scope, leader = ?self.view.leader, "leader changed");
         }
-        self.status.event(self.summary());
+        self.status.event(ActorState::Following, self.summary());
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::supervise::Lifeline;
-use super::{ActorStatus, GetState, InjectFailure};
+use super::{ActorState, ActorStatus, GetState, InjectFailure};
 use crate::backoff::Backoff;
 use crate::cell::member::CellDeps;
 use crate::cell::reconcile::ContainerStep;
@@ -35,8 +35,8 @@ impl ContainerActor {
 
     fn running(&self) -> String {
         match self.container_restarts {
-            0 => "running".into(),
-            n => format!("running (container started again {n}x)"),
+            0 => String::new(),
+            n => format!("container started again {n}x"),
         }
     }
 
@@ -47,7 +47,7 @@ impl ContainerActor {
                 if step != ContainerStep::Nothing {
                     tracing::info!(member = %act.placement.member, ?step, "member container started");
                 }
-                act.status.event(act.running());
+                act.status.event(ActorState::Running, act.running());
                 Ok(())
             }
             Err(e) => {
@@ -88,7 +88,7 @@ impl Handler<ContainerDied> for ContainerActor {
         if self.retiring {
             return;
         }
-        self.status.event("exited");
+        self.status.event(ActorState::Exited, "");
         self.container_restarts += 1;
         crate::metrics::inc(&crate::metrics::COUNTERS.containers_died);
         // First end the dead leader's lock (if it was the leader), so a replica
@@ -124,7 +124,7 @@ impl Handler<ContainerStarted> for ContainerActor {
     type Result = ();
 
     fn handle(&mut self, _: ContainerStarted, _: &mut Context<Self>) {
-        self.status.event(self.running());
+        self.status.event(ActorState::Running, self.running());
     }
 }
 
@@ -138,7 +138,7 @@ impl Handler<Retire> for ContainerActor {
 
     fn handle(&mut self, _: Retire, _: &mut Context<Self>) -> Self::Result {
         self.retiring = true;
-        self.status.event("retiring");
+        self.status.event(ActorState::Retiring, "");
         let (deps, member) = (self.deps.clone(), self.placement.member.clone());
         AtomicResponse::new(Box::pin(async move { deps.remove_container(&member).await }.into_actor(self).map(
             |res, act, ctx| {
@@ -162,7 +162,7 @@ impl Handler<StopForShutdown> for ContainerActor {
 
     fn handle(&mut self, _: StopForShutdown, _: &mut Context<Self>) -> Self::Result {
         self.retiring = true;
-        self.status.event("stopping");
+        self.status.event(ActorState::Stopping, "");
         let (deps, member) = (self.deps.clone(), self.placement.member.clone());
         AtomicResponse::new(Box::pin(
             async move { deps.stop_container(&member).await }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tokio::task::AbortHandle;
 
 use super::supervise::Lifeline;
-use super::{ActorStatus, GetState, InjectFailure};
+use super::{ActorState, ActorStatus, GetState, InjectFailure};
 use crate::etcd::watch::{WatchEvent, watch_prefix};
 use crate::etcd::{Client, keys};
 use crate::router::proxy::{self, PortEntry, PortState, Stats, Table};
@@ -92,7 +92,8 @@ impl RouterTableActor {
         for (port, route) in routes {
             self.publish(port, route);
         }
-        self.status.event(format!("ports={} fenced={}", self.table.len(), self.fenced));
+        let state = if self.fenced { ActorState::Fenced } else { ActorState::Routing };
+        self.status.event(state, format!("ports={}", self.table.len()));
     }
 
     /// Updates one instance's route only: what most events change.

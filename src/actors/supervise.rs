@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::ActorKind;
 use crate::backoff::Backoff;
 
 /// A child ended; sent by its [`Lifeline`].
 #[derive(Message, Clone, Debug, PartialEq)]
 #[rtype(result = "()")]
 pub struct ChildEnded {
-    pub kind: &'static str,
+    pub kind: ActorKind,
     pub id: String,
     pub generation: u64,
     /// Why: the panic's message, or that it stopped.
@@ -37,7 +38,7 @@ pub struct Lifeline {
 
 impl Lifeline {
     pub fn new(
-        kind: &'static str,
+        kind: ActorKind,
         id: impl Into<String>,
         generation: u64,
         report: impl FnOnce(ChildEnded) + 'static,
@@ -47,7 +48,7 @@ impl Lifeline {
     }
 
     /// Reports to a parent actor.
-    pub fn to(parent: Recipient<ChildEnded>, kind: &'static str, id: impl Into<String>, generation: u64) -> Self {
+    pub fn to(parent: Recipient<ChildEnded>, kind: ActorKind, id: impl Into<String>, generation: u64) -> Self {
         Self::new(kind, id, generation, move |ev| parent.do_send(ev))
     }
 }
@@ -101,7 +102,7 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct Children {
     next_generation: u64,
-    records: HashMap<(&'static str, String), Record>,
+    records: HashMap<(ActorKind, String), Record>,
 }
 
 struct Record {
@@ -125,7 +126,7 @@ pub enum Verdict {
 
 impl Children {
     /// A child is being started: its generation, restarts so far and last error.
-    pub fn starting(&mut self, kind: &'static str, id: &str) -> (u64, u32, Option<String>) {
+    pub fn starting(&mut self, kind: ActorKind, id: &str) -> (u64, u32, Option<String>) {
         self.next_generation += 1;
         let generation = self.next_generation;
         let rec = self.records.entry((kind, id.to_string())).or_insert_with(|| Record {
@@ -144,7 +145,7 @@ impl Children {
 
     /// The parent ends this child on purpose: its end is not a failure, and
     /// the record goes.
-    pub fn release(&mut self, kind: &'static str, id: &str) {
+    pub fn release(&mut self, kind: ActorKind, id: &str) {
         self.records.remove(&(kind, id.to_string()));
     }
 
@@ -171,7 +172,7 @@ impl Children {
 /// A lifeline for an actor without a parent actor: the daemon awaits its end
 /// (and restarts it, or exits so that its service manager does).
 pub fn root(
-    kind: &'static str,
+    kind: ActorKind,
     id: impl Into<String>,
     generation: u64,
 ) -> (Lifeline, tokio::sync::oneshot::Receiver<ChildEnded>) {
@@ -186,19 +187,19 @@ pub fn root(
 mod tests {
     use super::*;
 
-    fn ended(kind: &'static str, id: &str, generation: u64) -> ChildEnded {
+    fn ended(kind: ActorKind, id: &str, generation: u64) -> ChildEnded {
         ChildEnded { kind, id: id.into(), generation, reason: "panicked: boom".into() }
     }
 
     #[test]
     fn a_failed_child_is_restarted_with_growing_delays_and_its_count_kept() {
         let mut c = Children::default();
-        let (g1, r, e) = c.starting("container", "a");
+        let (g1, r, e) = c.starting(ActorKind::Container, "a");
         assert_eq!((r, e), (0, None));
-        let Verdict::Restart(d1) = c.ended(&ended("container", "a", g1)) else { panic!("not restarted") };
-        let (g2, r, e) = c.starting("container", "a");
+        let Verdict::Restart(d1) = c.ended(&ended(ActorKind::Container, "a", g1)) else { panic!("not restarted") };
+        let (g2, r, e) = c.starting(ActorKind::Container, "a");
         assert_eq!((r, e.as_deref()), (1, Some("panicked: boom")));
-        let Verdict::Restart(d2) = c.ended(&ended("container", "a", g2)) else { panic!("not restarted") };
+        let Verdict::Restart(d2) = c.ended(&ended(ActorKind::Container, "a", g2)) else { panic!("not restarted") };
         assert!(d1 <= Duration::from_millis(125) && d2 >= Duration::from_millis(200), "{d1:?} {d2:?}");
         assert_eq!(c.total_restarts(), 2);
     }
@@ -206,25 +207,28 @@ mod tests {
     #[test]
     fn released_stale_and_unknown_children_are_not_restarted() {
         let mut c = Children::default();
-        let (g1, ..) = c.starting("container", "a");
-        let (g2, ..) = c.starting("container", "a");
-        assert_eq!(c.ended(&ended("container", "a", g1)), Verdict::Ignore, "an older generation");
-        c.release("container", "a");
-        assert_eq!(c.ended(&ended("container", "a", g2)), Verdict::Ignore, "retired on purpose");
-        assert_eq!(c.ended(&ended("cluster", "b", 7)), Verdict::Ignore, "never started");
+        let (g1, ..) = c.starting(ActorKind::Container, "a");
+        let (g2, ..) = c.starting(ActorKind::Container, "a");
+        assert_eq!(c.ended(&ended(ActorKind::Container, "a", g1)), Verdict::Ignore, "an older generation");
+        c.release(ActorKind::Container, "a");
+        assert_eq!(c.ended(&ended(ActorKind::Container, "a", g2)), Verdict::Ignore, "retired on purpose");
+        assert_eq!(c.ended(&ended(ActorKind::Cluster, "b", 7)), Verdict::Ignore, "never started");
         // Once reported, the same end is not restarted twice.
-        let (g3, ..) = c.starting("cluster", "b");
-        assert!(matches!(c.ended(&ended("cluster", "b", g3)), Verdict::Restart(_)));
-        assert_eq!(c.ended(&ended("cluster", "b", g3)), Verdict::Ignore);
+        let (g3, ..) = c.starting(ActorKind::Cluster, "b");
+        assert!(matches!(c.ended(&ended(ActorKind::Cluster, "b", g3)), Verdict::Restart(_)));
+        assert_eq!(c.ended(&ended(ActorKind::Cluster, "b", g3)), Verdict::Ignore);
     }
 
     #[test]
     fn a_lifeline_reports_a_plain_drop_as_stopped() {
         let got = std::rc::Rc::new(RefCell::new(None));
         let sink = std::rc::Rc::clone(&got);
-        drop(Lifeline::new("cluster", "s", 3, move |ev| *sink.borrow_mut() = Some(ev)));
+        drop(Lifeline::new(ActorKind::Cluster, "s", 3, move |ev| *sink.borrow_mut() = Some(ev)));
         let ev = got.borrow_mut().take().expect("reported");
-        assert_eq!((ev.kind, ev.id.as_str(), ev.generation, ev.reason.as_str()), ("cluster", "s", 3, "stopped"));
+        assert_eq!(
+            (ev.kind, ev.id.as_str(), ev.generation, ev.reason.as_str()),
+            (ActorKind::Cluster, "s", 3, "stopped")
+        );
     }
 
     #[test]
@@ -233,7 +237,7 @@ mod tests {
         let got = std::sync::Arc::new(std::sync::Mutex::new(None));
         let sink = std::sync::Arc::clone(&got);
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let _l = Lifeline::new("container", "m", 1, move |ev| *sink.lock().unwrap() = Some(ev));
+            let _l = Lifeline::new(ActorKind::Container, "m", 1, move |ev| *sink.lock().unwrap() = Some(ev));
             panic!("injected failure");
         }));
         assert!(res.is_err());

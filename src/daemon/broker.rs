@@ -4,6 +4,7 @@ use actix_web::dev::Service;
 use actix_web::{App, HttpResponse, HttpServer, get, web};
 use anyhow::Context;
 
+use crate::actors::{ActorKind, ActorState, ActorStatus};
 use crate::broker::engine::Broker;
 use crate::config::BrokerConfig;
 use crate::http::{self, auth::Authorized, auth::Credentials};
@@ -71,8 +72,8 @@ pub async fn serve(cfg: BrokerConfig, listener: std::net::TcpListener) -> anyhow
 /// The broker has no long-lived actors: it reports itself, so every daemon answers alike.
 #[get("/debug/actors")]
 async fn debug_actors(_: Authorized, b: web::Data<Broker>) -> HttpResponse {
-    let mut s = crate::actors::ActorStatus::new("broker", b.cfg.name.clone());
-    s.state = "serving".into();
+    let mut s = ActorStatus::new(ActorKind::Broker, b.cfg.name.clone());
+    s.event(ActorState::Serving, "");
     HttpResponse::Ok().json([s])
 }
 

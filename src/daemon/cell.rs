@@ -37,7 +37,8 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
     let creds = Credentials { username: cfg.api_username.clone(), password: cfg.api_password.clone() };
     let deps = CellDeps { cfg: Arc::new(cfg), docker, etcd: etcd.clone() };
     crate::actors::supervise::install_panic_hook();
-    let (lifeline, root_ended) = crate::actors::supervise::root("cell", deps.cfg.name.clone(), 0);
+    let (lifeline, root_ended) =
+        crate::actors::supervise::root(crate::actors::ActorKind::Cell, deps.cfg.name.clone(), 0);
     let cell = CellActor::new(deps.clone(), lifeline).start();
     actix::spawn(registration::run(etcd, crate::etcd::keys::cell(&record.name), serde_json::to_vec(&record)?));
     tracing::info!(cell = %deps.cfg.name, api = %addr, "cell agent running");

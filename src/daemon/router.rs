@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::actors::router_table::{RouterParts, RouterTableActor};
 use crate::actors::supervise::{self, Children, Verdict};
-use crate::actors::{ActorStatus, GetState, InjectFailure};
+use crate::actors::{ActorKind, ActorStatus, GetState, InjectFailure};
 use crate::config::RouterConfig;
 use crate::etcd::{keys, registration, store::RouterRecord};
 use crate::http::{self, auth::Authorized, auth::Credentials, osb::OsbError};
@@ -89,9 +89,9 @@ pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> an
 fn supervise_table(parts: RouterParts) -> tokio::sync::watch::Receiver<Addr<RouterTableActor>> {
     let mut children = Children::default();
     let start = move |children: &mut Children| {
-        let (generation, restarts, last_error) = children.starting("router_table", "routes");
-        let (lifeline, ended) = supervise::root("router_table", "routes", generation);
-        let status = ActorStatus::new("router_table", "routes").restarted(restarts, last_error);
+        let (generation, restarts, last_error) = children.starting(ActorKind::RouterTable, "routes");
+        let (lifeline, ended) = supervise::root(ActorKind::RouterTable, "routes", generation);
+        let status = ActorStatus::new(ActorKind::RouterTable, "routes").restarted(restarts, last_error);
         (RouterTableActor::new(parts.clone(), status, lifeline).start(), ended)
     };
     let (addr, mut ended) = start(&mut children);
@@ -126,7 +126,7 @@ async fn debug_actors(_: Authorized, s: web::Data<RouterHttp>) -> Result<HttpRes
     let actor = s.actor.borrow().clone();
     let state = match tokio::time::timeout(Duration::from_secs(1), actor.send(GetState)).await {
         Ok(Ok(st)) => st,
-        _ => ActorStatus { state: "unresponsive".into(), ..ActorStatus::new("router_table", "routes") },
+        _ => ActorStatus::unresponsive(ActorKind::RouterTable, "routes"),
     };
     Ok(HttpResponse::Ok().json([state]))
 }

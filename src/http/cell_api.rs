@@ -11,6 +11,7 @@ use serde_json::json;
 use super::auth::Authorized;
 use super::osb::{OsbError, parse_json, read_body};
 use crate::actors::cell::{CellActor, EnsureMember, FailChild, GetActors, GetMemberRoles, PurgeMember};
+use crate::actors::{ActorKind, ActorState};
 use crate::cell::member::CellDeps;
 use crate::etcd::store::{self, CellPorts, PlaceError, Placed, Placement};
 use crate::etcd::{Client, keys};
@@ -204,6 +205,9 @@ async fn fail_actor(
         return super::not_found().await;
     }
     let (kind, id) = path.into_inner();
+    let kind = ActorKind::parse(&kind).ok_or_else(|| {
+        OsbError::new(StatusCode::NOT_FOUND, format!("no actor kind {kind:?}: cell, container or cluster"))
+    })?;
     api.cell
         .send(FailChild { kind, id })
         .await
@@ -218,13 +222,12 @@ async fn metrics(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResponse,
     let actors = api.cell.send(GetActors).await.map_err(OsbError::internal)?;
     let roles = api.cell.send(GetMemberRoles).await.map_err(OsbError::internal)?;
     let (mut samples, mut kinds) = counter_samples();
-    let mut by_state = std::collections::BTreeMap::<String, u64>::new();
-    for a in actors.iter().filter(|a| a.kind == "container") {
-        // "running (container started again 2x)" counts as running.
-        let state = a.state.split(' ').next().unwrap_or_default();
-        *by_state.entry(state.to_string()).or_default() += 1;
+    let mut by_state = std::collections::BTreeMap::<ActorState, u64>::new();
+    for a in actors.iter().filter(|a| a.kind == ActorKind::Container) {
+        *by_state.entry(a.state).or_default() += 1;
     }
     for (state, n) in by_state {
+        let state = serde_json::to_value(state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         samples.push(("pgcell_cell_containers", vec![("state", state)], n));
     }
     let mut by_role = std::collections::BTreeMap::<String, u64>::new();
