@@ -1,9 +1,11 @@
 //! `CellActor`: reconciles this cell's placements (etcd) with its containers
 //! (Docker), one `ContainerActor` per member and one `ClusterActor` per cluster
-//! with a member here. It supervises both: a child that fails is started
-//! again after a backoff (see [`super::supervise`]).
+//! with a member here. A thin shell over [`CellMachine`], which decides; this
+//! actor only holds the children's addresses and performs the actions. It
+//! supervises its children: one that fails is started again after a backoff
+//! (see [`super::supervise`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -14,8 +16,8 @@ use super::container::{ContainerActor, ContainerDied, ContainerStarted, EnsureRu
 use super::supervise::{ChildEnded, Children, Lifeline, Verdict};
 use super::{ActorKind, ActorState, ActorStatus, GetState, InjectFailure};
 use crate::backoff::Backoff;
+use crate::cell::machine::{Action, CellMachine, Child, Event};
 use crate::cell::member::CellDeps;
-use crate::cell::reconcile::{Desired, plan};
 use crate::docker;
 use crate::etcd::keys;
 use crate::etcd::store::Placement;
@@ -26,17 +28,10 @@ const RESYNC: Duration = Duration::from_secs(30);
 
 pub struct CellActor {
     deps: CellDeps,
-    desired: Desired,
+    machine: CellMachine,
     members: HashMap<String, Addr<ContainerActor>>,
     clusters: HashMap<String, Addr<ClusterActor>>,
     children: Children,
-    /// Members whose container is being removed: not orphans, not to adopt.
-    retiring: BTreeSet<String>,
-    /// Children that failed and wait out their backoff before they are
-    /// started again: not orphans, not to adopt yet.
-    restarting: BTreeSet<(ActorKind, String)>,
-    reconciling: bool,
-    dirty: bool,
     docker_backoff: Backoff,
     status: ActorStatus,
     _lifeline: Lifeline,
@@ -47,99 +42,88 @@ impl CellActor {
         let status = ActorStatus::new(ActorKind::Cell, deps.cfg.name.clone());
         Self {
             deps,
-            desired: Desired::default(),
+            machine: CellMachine::default(),
             members: HashMap::new(),
             clusters: HashMap::new(),
             children: Children::default(),
-            retiring: BTreeSet::new(),
-            restarting: BTreeSet::new(),
-            reconciling: false,
-            dirty: false,
             docker_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             status,
             _lifeline: lifeline,
         }
     }
 
-    fn reconcile(&mut self, ctx: &mut Context<Self>) {
-        if self.reconciling {
-            self.dirty = true;
-            return;
+    fn on_event(&mut self, ev: Event, ctx: &mut Context<Self>) {
+        for action in self.machine.on_event(ev) {
+            self.perform(action, ctx);
         }
-        self.reconciling = true;
-        let deps = self.deps.clone();
-        let fut = async move { docker::list_cell(&deps.docker, &deps.cfg.name).await }.into_actor(self).map(
-            |res, act, ctx| {
-                act.reconciling = false;
-                match res {
-                    Ok(containers) => act.apply_plan(&containers, ctx),
+        let (members, clusters) = self.machine.counts();
+        self.status.event(
+            ActorState::Running,
+            format!("members={members} clusters={clusters} child_restarts={}", self.children.total_restarts()),
+        );
+    }
+
+    fn perform(&mut self, action: Action, ctx: &mut Context<Self>) {
+        match action {
+            Action::ListContainers => {
+                let deps = self.deps.clone();
+                let list = async move { docker::list_cell(&deps.docker, &deps.cfg.name).await };
+                ctx.spawn(list.into_actor(self).map(|res, act, ctx| match res {
+                    Ok(containers) => act.on_event(Event::Listed(containers), ctx),
                     Err(e) => {
                         tracing::error!(error = %format!("{e:#}"), "cannot list containers; will retry");
                         act.status.error(&e);
+                        act.on_event(Event::ListFailed, ctx);
                     }
-                }
-                if std::mem::take(&mut act.dirty) {
-                    act.reconcile(ctx);
-                }
-            },
-        );
-        ctx.spawn(fut);
-    }
-
-    fn apply_plan(&mut self, containers: &[docker::MemberContainer], ctx: &mut Context<Self>) {
-        let waiting = self.restarting.iter().filter(|(k, _)| *k == ActorKind::Container).map(|(_, m)| m);
-        let actors: BTreeSet<String> = self.members.keys().chain(&self.retiring).chain(waiting).cloned().collect();
-        let plan = plan(&self.desired, &actors, containers);
-        for p in plan.purge {
-            self.purge(p, ctx);
-        }
-        for p in plan.adopt {
-            self.adopt(p, ctx);
-        }
-        for member in plan.ensure {
-            if let Some(addr) = self.members.get(&member) {
-                addr.do_send(EnsureRunning);
+                }));
             }
-        }
-        for member in plan.retire {
-            if let Some(addr) = self.members.remove(&member) {
+            Action::StartMember(p) => self.start_member(p, ctx),
+            Action::EnsureRunning(member) => {
+                if let Some(addr) = self.members.get(&member) {
+                    addr.do_send(EnsureRunning);
+                }
+            }
+            Action::RetireMember(member) => {
                 self.children.release(ActorKind::Container, &member);
-                tracing::info!(%member, "member no longer placed here; removing its container (data kept)");
-                addr.do_send(Retire);
+                if let Some(addr) = self.members.remove(&member) {
+                    tracing::info!(%member, "member no longer placed here; removing its container (data kept)");
+                    addr.do_send(Retire);
+                }
             }
-        }
-        for name in plan.orphans {
-            tracing::warn!(container = %name, "container without placement; removing it (data kept)");
-            let deps = self.deps.clone();
-            ctx.spawn(
-                async move {
+            Action::RemoveOrphan(name) => {
+                tracing::warn!(container = %name, "container without placement; removing it (data kept)");
+                let deps = self.deps.clone();
+                let remove = async move {
                     if let Err(e) = docker::remove(&deps.docker, &name).await {
                         tracing::error!(error = %format!("{e:#}"), "cannot remove orphan container");
                     }
+                };
+                ctx.spawn(remove.into_actor(self));
+            }
+            Action::Purge(p) => self.purge(p, ctx),
+            Action::FollowCluster(scope) => {
+                let (generation, restarts, last_error) = self.children.starting(ActorKind::Cluster, &scope);
+                let lifeline = Lifeline::to(ctx.address().recipient(), ActorKind::Cluster, scope.clone(), generation);
+                let status = ActorStatus::new(ActorKind::Cluster, scope.clone()).restarted(restarts, last_error);
+                let addr = ClusterActor::new(self.deps.etcd.clone(), &scope, status, lifeline).start();
+                self.clusters.insert(scope, addr);
+            }
+            Action::StopFollowing(scope) => {
+                self.children.release(ActorKind::Cluster, &scope);
+                if let Some(addr) = self.clusters.remove(&scope) {
+                    addr.do_send(StopFollowing);
                 }
-                .into_actor(self),
-            );
+            }
+            Action::WakeAfter(child, delay) => {
+                ctx.run_later(delay, move |act, ctx| act.on_event(Event::BackoffOver(child), ctx));
+            }
         }
-        self.follow_clusters(ctx);
-        self.status.event(
-            ActorState::Running,
-            format!(
-                "members={} clusters={} child_restarts={}",
-                self.members.len(),
-                self.clusters.len(),
-                self.children.total_restarts()
-            ),
-        );
     }
 
     /// Removes a member marked `purge`: container, data, Patroni member key, then its placement.
     fn purge(&mut self, p: Placement, ctx: &mut Context<Self>) {
-        if !self.retiring.insert(p.member.clone()) {
-            return;
-        }
         let actor = self.members.remove(&p.member);
         self.children.release(ActorKind::Container, &p.member);
-        self.restarting.remove(&(ActorKind::Container, p.member.clone()));
         let deps = self.deps.clone();
         let member = p.member.clone();
         let work = async move {
@@ -159,47 +143,29 @@ impl CellActor {
             }
             anyhow::Ok(())
         };
-        ctx.spawn(work.into_actor(self).map(move |res, act, _| {
-            act.retiring.remove(&member);
-            match res {
-                Ok(()) => tracing::info!(%member, "member removed with its data"),
-                Err(e) => tracing::error!(%member, error = %format!("{e:#}"), "cannot remove member; will retry"),
-            }
+        ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
+            let ok = match res {
+                Ok(()) => {
+                    tracing::info!(%member, "member removed with its data");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(%member, error = %format!("{e:#}"), "cannot remove member; will retry");
+                    false
+                }
+            };
+            act.on_event(Event::PurgeEnded { member, ok }, ctx);
         }));
     }
 
     /// Starts the member's actor; it adopts the container if one runs.
-    fn adopt(&mut self, p: Placement, ctx: &mut Context<Self>) -> Addr<ContainerActor> {
+    fn start_member(&mut self, p: Placement, ctx: &mut Context<Self>) {
         let (generation, restarts, last_error) = self.children.starting(ActorKind::Container, &p.member);
         let lifeline = Lifeline::to(ctx.address().recipient(), ActorKind::Container, p.member.clone(), generation);
         let status = ActorStatus::new(ActorKind::Container, p.member.clone()).restarted(restarts, last_error);
         let addr = ContainerActor::new(self.deps.clone(), p.clone(), status, lifeline).start();
         addr.do_send(EnsureRunning);
-        self.members.insert(p.member, addr.clone());
-        addr
-    }
-
-    fn follow_clusters(&mut self, ctx: &mut Context<Self>) {
-        let scopes: BTreeSet<String> = self.desired.members().values().map(|p| p.scope.clone()).collect();
-        let children = &mut self.children;
-        self.clusters.retain(|scope, addr| {
-            let keep = scopes.contains(scope);
-            if !keep {
-                children.release(ActorKind::Cluster, scope);
-                addr.do_send(StopFollowing);
-            }
-            keep
-        });
-        for scope in scopes {
-            if self.clusters.contains_key(&scope) || self.restarting.contains(&(ActorKind::Cluster, scope.clone())) {
-                continue;
-            }
-            let (generation, restarts, last_error) = self.children.starting(ActorKind::Cluster, &scope);
-            let lifeline = Lifeline::to(ctx.address().recipient(), ActorKind::Cluster, scope.clone(), generation);
-            let status = ActorStatus::new(ActorKind::Cluster, scope.clone()).restarted(restarts, last_error);
-            let addr = ClusterActor::new(self.deps.etcd.clone(), &scope, status, lifeline).start();
-            self.clusters.insert(scope, addr);
-        }
+        self.members.insert(p.member, addr);
     }
 
     fn subscribe_docker(&mut self, ctx: &mut Context<Self>) {
@@ -214,7 +180,7 @@ impl Actor for CellActor {
         let prefix = keys::cell_placements(&self.deps.cfg.name);
         ctx.add_stream(watch_prefix(self.deps.etcd.clone(), prefix));
         self.subscribe_docker(ctx);
-        ctx.run_interval(RESYNC, |act, ctx| act.reconcile(ctx));
+        ctx.run_interval(RESYNC, |act, ctx| act.on_event(Event::Resync, ctx));
     }
 }
 
@@ -223,9 +189,7 @@ impl StreamHandler<WatchEvent> for CellActor {
         if let WatchEvent::Interrupted { error } = &ev {
             self.status.error(&anyhow::anyhow!(error.clone()));
         }
-        if self.desired.apply(&ev) {
-            self.reconcile(ctx);
-        }
+        self.on_event(Event::Placements(ev), ctx);
     }
 }
 
@@ -246,7 +210,7 @@ impl StreamHandler<Result<EventMessage, bollard::errors::Error>> for CellActor {
         match (action.as_str(), addr) {
             ("die", Some(addr)) => addr.do_send(ContainerDied),
             ("start", Some(addr)) => addr.do_send(ContainerStarted),
-            ("destroy", _) => self.reconcile(ctx),
+            ("destroy", _) => self.on_event(Event::Resync, ctx),
             _ => {}
         }
     }
@@ -259,7 +223,7 @@ impl StreamHandler<Result<EventMessage, bollard::errors::Error>> for CellActor {
         tracing::warn!(?delay, "docker event stream ended; resubscribing");
         ctx.run_later(delay, |act, ctx| {
             act.subscribe_docker(ctx);
-            act.reconcile(ctx);
+            act.on_event(Event::Resync, ctx);
         });
     }
 }
@@ -273,14 +237,18 @@ impl Handler<EnsureMember> for CellActor {
     type Result = ResponseFuture<Result<(), String>>;
 
     fn handle(&mut self, EnsureMember(p): EnsureMember, ctx: &mut Context<Self>) -> Self::Result {
-        self.desired.insert(p.clone());
-        self.restarting.remove(&(ActorKind::Container, p.member.clone()));
-        let addr = match self.members.get(&p.member) {
-            Some(a) => a.clone(),
-            None => self.adopt(p, ctx),
-        };
-        self.follow_clusters(ctx);
-        Box::pin(async move { addr.send(EnsureRunning).await.map_err(|e| e.to_string())? })
+        let member = p.member.clone();
+        for action in self.machine.on_event(Event::EnsureAsked(p)) {
+            // This member's ensure is awaited below, for the caller's answer.
+            if action != Action::EnsureRunning(member.clone()) {
+                self.perform(action, ctx);
+            }
+        }
+        let addr = self.members.get(&member).cloned();
+        Box::pin(async move {
+            let addr = addr.ok_or_else(|| format!("no actor for member {member}"))?;
+            addr.send(EnsureRunning).await.map_err(|e| e.to_string())?
+        })
     }
 }
 
@@ -294,7 +262,7 @@ impl Handler<PurgeMember> for CellActor {
     type Result = ();
 
     fn handle(&mut self, PurgeMember(p): PurgeMember, ctx: &mut Context<Self>) {
-        self.purge(p, ctx);
+        self.on_event(Event::PurgeAsked(p), ctx);
     }
 }
 
@@ -305,19 +273,19 @@ impl Handler<ChildEnded> for CellActor {
         let Verdict::Restart(delay) = self.children.ended(&ev) else { return };
         crate::metrics::inc(&crate::metrics::COUNTERS.actor_restarts);
         tracing::error!(kind = %ev.kind, id = %ev.id, reason = %ev.reason, ?delay, "actor failed; starting it again");
-        // The dead address goes now (a retire or a purge meanwhile then works
-        // on the container directly); `restarting` keeps a reconcile from
-        // starting the child before its backoff is over.
-        match ev.kind {
-            ActorKind::Container => self.members.remove(&ev.id).map(drop),
-            _ => self.clusters.remove(&ev.id).map(drop),
-        };
-        self.restarting.insert((ev.kind, ev.id.clone()));
-        ctx.run_later(delay, move |act, ctx| {
-            if act.restarting.remove(&(ev.kind, ev.id)) {
-                act.reconcile(ctx);
+        // The dead address goes now: a retire or a purge meanwhile then works
+        // on the container directly.
+        let child = match ev.kind {
+            ActorKind::Container => {
+                self.members.remove(&ev.id);
+                Child::Container(ev.id)
             }
-        });
+            _ => {
+                self.clusters.remove(&ev.id);
+                Child::Cluster(ev.id)
+            }
+        };
+        self.on_event(Event::ChildFailed { child, delay }, ctx);
     }
 }
 

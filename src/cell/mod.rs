@@ -1,5 +1,6 @@
 //! Plain logic of a cell: what to do to make Docker match the placements.
 
 pub mod drain;
+pub mod machine;
 pub mod member;
 pub mod reconcile;
