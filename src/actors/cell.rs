@@ -139,7 +139,10 @@ impl CellActor {
             {
                 // Before the placement goes, so an agent dying in between does it again on restart.
                 crate::etcd::store::forget_seed_instance_if_last(&mut etcd, &cur).await?;
-                crate::etcd::store::remove_placement(&mut etcd, &cur, rev).await?;
+                if !crate::etcd::store::remove_placement(&mut etcd, &cur, rev).await?.done() {
+                    // Changed since it was read: the next reconcile sees the new placement.
+                    anyhow::bail!("placement of {} changed while it was purged", cur.member);
+                }
             }
             anyhow::Ok(())
         };

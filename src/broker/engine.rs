@@ -138,7 +138,8 @@ impl Broker {
             active.sort_by_key(|p| (view.leader.as_deref() == Some(p.member.as_str()), p.member.clone()));
             for p in &active[..active.len() - plan.members] {
                 let rev = placements.iter().find(|(q, _)| q == *p).map(|(_, r)| *r).unwrap_or_default();
-                store::update_placement(&mut etcd, &Placement { purge: true, ..(*p).clone() }, rev).await?;
+                // A lost swap (the placement changed) is seen and retried at the next step.
+                let _ = store::update_placement(&mut etcd, &Placement { purge: true, ..(*p).clone() }, rev).await?;
             }
             return self.report(op, "removing members beyond the plan").await;
         }
@@ -279,7 +280,8 @@ impl Broker {
         }
         for (p, rev) in &placements {
             if !p.purge {
-                store::update_placement(&mut etcd, &Placement { purge: true, ..p.clone() }, *rev).await?;
+                // A lost swap (the placement changed) is seen and retried at the next step.
+                let _ = store::update_placement(&mut etcd, &Placement { purge: true, ..p.clone() }, *rev).await?;
             }
         }
         let cells: Vec<&str> = placements.iter().map(|(p, _)| p.cell.as_str()).collect();

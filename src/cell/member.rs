@@ -106,7 +106,8 @@ impl CellDeps {
         if !docker::is_dead(&self.docker, &name).await? {
             return Ok(false);
         }
-        store::end_leader_lock(&mut self.etcd.clone(), &p.scope, &p.member).await
+        // Lost: the lock names another member already (a leader elected meanwhile).
+        Ok(store::end_leader_lock(&mut self.etcd.clone(), &p.scope, &p.member).await?.done())
     }
 
     /// Stops the member's container (gracefully: Patroni hands over or shuts down cleanly).

@@ -195,23 +195,42 @@ pub async fn place_member(client: &mut Client, cell: &CellPorts, mut want: Place
     Err(PlaceError::Etcd(anyhow::anyhow!("placement on {} kept racing; try again", cell.cell)))
 }
 
+/// What a compare-and-swap came to. Losing one is normal (someone else
+/// changed the key first), so every caller must say what it does then.
+#[must_use = "a compare-and-swap can lose: handle `Swap::Lost`"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Swap {
+    Done,
+    Lost,
+}
+
+impl Swap {
+    pub fn from_txn(succeeded: bool) -> Self {
+        if succeeded { Swap::Done } else { Swap::Lost }
+    }
+
+    pub fn done(self) -> bool {
+        self == Swap::Done
+    }
+}
+
 /// Removes a placement and frees its port slot, if the placement is still the one read.
-pub async fn remove_placement(client: &mut Client, p: &Placement, mod_rev: i64) -> anyhow::Result<bool> {
+pub async fn remove_placement(client: &mut Client, p: &Placement, mod_rev: i64) -> anyhow::Result<Swap> {
     let key = keys::placement(&p.cell, &p.instance_id);
     let txn = Txn::new()
         .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev)])
         .and_then([TxnOp::delete(key.as_str(), None), TxnOp::delete(keys::port_slot(&p.cell, p.slot), None)]);
-    Ok(client.txn(txn).await.context("etcd txn (remove placement)")?.succeeded())
+    Ok(Swap::from_txn(client.txn(txn).await.context("etcd txn (remove placement)")?.succeeded()))
 }
 
 /// Ends a dead leader's lock: deletes `/service/<scope>/leader` only if it still
 /// names `member`, so a leader elected meanwhile is never touched.
-pub async fn end_leader_lock(client: &mut Client, scope: &str, member: &str) -> anyhow::Result<bool> {
+pub async fn end_leader_lock(client: &mut Client, scope: &str, member: &str) -> anyhow::Result<Swap> {
     let key = format!("{}leader", keys::patroni_scope(scope));
     let txn = Txn::new()
         .when([Compare::value(key.as_str(), CompareOp::Equal, member)])
         .and_then([TxnOp::delete(key.as_str(), None)]);
-    Ok(client.txn(txn).await.context("etcd txn (end leader lock)")?.succeeded())
+    Ok(Swap::from_txn(client.txn(txn).await.context("etcd txn (end leader lock)")?.succeeded()))
 }
 
 /// Every placement of an instance, with its mod revision.
@@ -229,14 +248,14 @@ pub async fn instance_placements(client: &mut Client, instance: &str) -> anyhow:
 }
 
 /// Rewrites a placement if it did not change since it was read.
-pub async fn update_placement(client: &mut Client, p: &Placement, mod_rev: i64) -> anyhow::Result<bool> {
+pub async fn update_placement(client: &mut Client, p: &Placement, mod_rev: i64) -> anyhow::Result<Swap> {
     let key = keys::placement(&p.cell, &p.instance_id);
     let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev)]).and_then([TxnOp::put(
         key.as_str(),
         serde_json::to_vec(p)?,
         None,
     )]);
-    Ok(client.txn(txn).await.context("etcd txn (update placement)")?.succeeded())
+    Ok(Swap::from_txn(client.txn(txn).await.context("etcd txn (update placement)")?.succeeded()))
 }
 
 /// Cells holding a placement of the instance.

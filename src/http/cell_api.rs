@@ -165,7 +165,7 @@ async fn deprovision(
     // remove container, data and keys (again after a crash), wait for it.
     let already = placement.purge;
     let marked = Placement { purge: true, ..placement };
-    if !already && !store::update_placement(&mut etcd, &marked, rev).await.map_err(OsbError::internal)? {
+    if !already && !store::update_placement(&mut etcd, &marked, rev).await.map_err(OsbError::internal)?.done() {
         return Err(OsbError::new(StatusCode::UNPROCESSABLE_ENTITY, "instance changed meanwhile; try again")
             .code("ConcurrencyError"));
     }
