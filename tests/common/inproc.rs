@@ -22,3 +22,21 @@ pub fn start_broker(etcd: &str, name: &str, router_ports: (u16, u16)) -> String 
     });
     url
 }
+
+/// Starts `pgcell router` in-process (HTTP side on port 0); returns its base URL.
+pub fn start_router(etcd: &str, name: &str) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = pgcell::config::RouterConfig {
+        name: name.into(),
+        password: super::ROUTER_PASSWORD.into(),
+        etcd_endpoints: vec![etcd.into()],
+        ..Default::default()
+    };
+    std::thread::spawn(move || {
+        if let Err(e) = actix_web::rt::System::new().block_on(pgcell::daemon::router::serve(cfg, listener)) {
+            eprintln!("in-process router ended: {e:#}");
+        }
+    });
+    url
+}
