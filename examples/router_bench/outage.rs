@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use etcd_client::{Client, ConnectOptions};
 
-use super::{Harness, Outcome, ms, percentile, probe, progress, spawn_etcd, tag_server, wait_until};
+use super::harness::{Harness, ms, percentile, probe, spawn_etcd, tag_server, wait_until};
+use super::{Outcome, progress};
 use crate::support::{free_port, wait_every};
 
 const GRACE_MS: &str = "1000";
