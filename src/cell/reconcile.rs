@@ -132,24 +132,11 @@ mod tests {
     use super::*;
 
     fn placement(id: &str) -> Placement {
-        Placement {
-            instance_id: id.into(),
-            scope: crate::names::scope(id),
-            member: crate::names::member(id, "a"),
-            cell: "a".into(),
-            slot: 0,
-            pg_port: 30000,
-            api_port: 30001,
-            service_id: "s".into(),
-            plan_id: "p".into(),
-            memory_mb: 256,
-            purge: false,
-        }
+        Placement::sample(id, "a")
     }
 
     fn container(id: &str, running: bool) -> MemberContainer {
-        let member = crate::names::member(id, "a");
-        MemberContainer { id: "x".into(), name: crate::names::container(&member), member, instance: id.into(), running }
+        MemberContainer::sample(id, "a", running)
     }
 
     fn put(p: &Placement) -> WatchEvent {

@@ -38,6 +38,15 @@ pub struct MemberContainer {
     pub running: bool,
 }
 
+#[cfg(test)]
+impl MemberContainer {
+    /// Instance `id`'s member container on cell `cell`: for tests.
+    pub fn sample(id: &str, cell: &str, running: bool) -> Self {
+        let member = crate::names::member(id, cell);
+        Self { id: "x".into(), name: crate::names::container(&member), member, instance: id.into(), running }
+    }
+}
+
 /// What a member container is made of.
 #[derive(Clone, Debug)]
 pub struct ContainerSpec {

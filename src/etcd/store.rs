@@ -74,6 +74,26 @@ pub struct Placement {
     pub purge: bool,
 }
 
+#[cfg(test)]
+impl Placement {
+    /// Instance `id`'s member on cell `cell`, slot 0 (ports 30000-30001), 512 MB: for tests.
+    pub fn sample(id: &str, cell: &str) -> Self {
+        Self {
+            instance_id: id.into(),
+            scope: crate::names::scope(id),
+            member: crate::names::member(id, cell),
+            cell: cell.into(),
+            slot: 0,
+            pg_port: 30000,
+            api_port: 30001,
+            service_id: "s".into(),
+            plan_id: "p".into(),
+            memory_mb: 512,
+            purge: false,
+        }
+    }
+}
+
 /// What a cell offers to a new placement.
 #[derive(Clone, Debug)]
 pub struct CellPorts {

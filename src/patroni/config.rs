@@ -100,19 +100,7 @@ mod tests {
     use super::*;
 
     fn placement() -> Placement {
-        Placement {
-            instance_id: "1".into(),
-            scope: "cf-1".into(),
-            member: "cf-1-a".into(),
-            cell: "a".into(),
-            slot: 0,
-            pg_port: 30000,
-            api_port: 30001,
-            service_id: "s".into(),
-            plan_id: "p".into(),
-            memory_mb: 512,
-            purge: false,
-        }
+        Placement::sample("1", "a")
     }
 
     #[test]
