@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::Context;
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::Client;
 
 use super::catalog::{self, Plan};
 use super::model::{self, InstanceSpec, OpKind, OpState, Operation};
@@ -17,6 +17,7 @@ use super::place::{Candidate, choose};
 use super::sql;
 use crate::config::{BrokerConfig, parse_port_range};
 use crate::etcd::keys;
+use crate::etcd::lock::LeaseLock;
 use crate::etcd::store::{self, CellPorts, CellRecord, PlaceError, Placement, RouterRecord};
 use crate::names;
 
@@ -83,7 +84,7 @@ impl Broker {
         if op.state != OpState::InProgress {
             return Ok(Driven::Settled(op));
         }
-        let Some(lock) = DriveLock::take(&mut etcd, id, &self.cfg.name).await? else { return Ok(Driven::Busy) };
+        let Some(lock) = take_drive_lock(&mut etcd, id, &self.cfg.name).await? else { return Ok(Driven::Busy) };
         let mut next = op.clone();
         next.description = op.description.split(RETRYING).next().unwrap_or_default().to_string();
         let res = if op.age_secs() > self.cfg.operation_timeout_secs {
@@ -296,53 +297,11 @@ async fn streaming_members(host: &str, port: u16, password: &str) -> anyhow::Res
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
-/// How long a drive lock outlives a broker that died holding it; kept alive
-/// while its holder runs a step, however long the step takes.
+/// How long a drive lock outlives a broker that died holding it (it is kept
+/// alive while its holder runs a step, however long the step takes).
 const DRIVE_LOCK_SECS: i64 = 5;
-const DRIVE_LOCK_KEEPALIVE: std::time::Duration = std::time::Duration::from_millis(1500);
 
-/// `/pgcell/instances/<id>/driving`, on a short lease: whoever holds it drives.
-struct DriveLock {
-    key: String,
-    lease: i64,
-    keeper: tokio::task::AbortHandle,
-}
-
-impl DriveLock {
-    /// The key's value names the broker holding it (for operators and tests).
-    async fn take(etcd: &mut Client, id: &str, owner: &str) -> anyhow::Result<Option<Self>> {
-        let key = format!("{}driving", keys::instance(id));
-        // Held by another broker: answered without creating a lease.
-        if etcd.get(key.as_str(), None).await.context("etcd get (drive lock)")?.count() > 0 {
-            return Ok(None);
-        }
-        let lease = etcd.lease_grant(DRIVE_LOCK_SECS, None).await.context("lease for the drive lock")?.id();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.as_str(), owner, Some(PutOptions::new().with_lease(lease)))]);
-        if !etcd.txn(txn).await.context("etcd txn (drive lock)")?.succeeded() {
-            let _ = etcd.lease_revoke(lease).await;
-            return Ok(None);
-        }
-        let mut c = etcd.clone();
-        let keeper = tokio::spawn(async move {
-            let Ok((mut keeper, mut replies)) = c.lease_keep_alive(lease).await else { return };
-            loop {
-                tokio::time::sleep(DRIVE_LOCK_KEEPALIVE).await;
-                if keeper.keep_alive().await.is_err() || replies.message().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .abort_handle();
-        Ok(Some(Self { key, lease, keeper }))
-    }
-
-    async fn release(self, etcd: &mut Client) {
-        self.keeper.abort();
-        // Revoking the lease deletes the key, and only if it is still ours.
-        if let Err(e) = etcd.lease_revoke(self.lease).await {
-            tracing::warn!(key = %self.key, error = %e, "cannot release the drive lock; it expires with its lease");
-        }
-    }
+/// `/pgcell/instances/<id>/driving`: whoever holds it drives that instance.
+async fn take_drive_lock(etcd: &mut Client, id: &str, owner: &str) -> anyhow::Result<Option<LeaseLock>> {
+    LeaseLock::take(etcd, &format!("{}driving", keys::instance(id)), owner, DRIVE_LOCK_SECS).await
 }

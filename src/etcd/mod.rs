@@ -2,6 +2,7 @@
 //! operations on it, and prefix watches that survive etcd restarts.
 
 pub mod keys;
+pub mod lock;
 pub mod registration;
 pub mod store;
 pub mod watch;
