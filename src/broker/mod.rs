@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod driver;
 pub mod engine;
+pub mod heal;
 pub mod model;
 pub mod place;
 pub mod sql;
