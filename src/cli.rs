@@ -45,12 +45,30 @@ pub enum Command {
         /// The cell's name
         cell: String,
     },
-    /// List the cells with their state, members and leaders
-    Cells,
+    /// List the cells with their state, members and leaders; `retire` empties one
+    Cells {
+        #[command(subcommand)]
+        action: Option<CellsAction>,
+    },
     /// Print each cluster's leader: `cf-1 postgres:// <host> <port> postgres`
     Leaders,
     /// Print each cluster's members: `cf-1 master/running/<host> replica/running/<host> `
     States,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CellsAction {
+    /// Empty a cell for good (a VM being deleted): re-place each of its members
+    /// on other cells, move its leaders away, wait until every cluster is fully
+    /// redundant again, then report the cell empty. Refused when the other
+    /// cells lack the capacity. Needs a running broker (its healer does the work).
+    Retire {
+        /// The cell's name
+        cell: String,
+        /// Give up waiting after this many seconds (the retirement goes on)
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+    },
 }
 
 pub fn init_tracing() {
@@ -104,7 +122,11 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
     let lines = match tool {
         Command::Leaders => crate::ops::leaders(&crate::ops::read_clusters(&mut client).await?),
         Command::States => crate::ops::states(&crate::ops::read_clusters(&mut client).await?),
-        Command::Cells => crate::ops::cells_table(&crate::ops::read_cells(&mut client).await?),
+        Command::Cells { action: None } => crate::ops::cells_table(&crate::ops::read_cells(&mut client).await?),
+        Command::Cells { action: Some(CellsAction::Retire { cell, timeout }) } => {
+            anyhow::ensure!(crate::names::is_safe(&cell), "{cell:?} is not a cell name (see `pgcell cells`)");
+            return crate::ops::retire::retire(&mut client, &cell, std::time::Duration::from_secs(timeout)).await;
+        }
         Command::Drain { cell } => {
             anyhow::ensure!(crate::names::is_safe(&cell), "{cell:?} is not a cell name (see `pgcell cells`)");
             let outcomes = crate::cell::drain::drain(&mut client, &cell).await?;

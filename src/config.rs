@@ -226,6 +226,8 @@ pub struct BrokerConfig {
     pub router_port_range: String,
     /// An operation still in progress after this long fails.
     pub operation_timeout_secs: u64,
+    /// A cell lost this long has its members replaced on other cells (0: never).
+    pub replace_after_secs: u64,
     pub etcd_endpoints: Vec<String>,
 }
 
@@ -239,6 +241,7 @@ impl Default for BrokerConfig {
             router_host: String::new(),
             router_port_range: "40000-40999".into(),
             operation_timeout_secs: 900,
+            replace_after_secs: 300,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
         }
     }
@@ -252,6 +255,7 @@ const BROKER_ENV: &[(&str, &str)] = &[
     ("PGCELL_ROUTER_HOST", "router_host"),
     ("PGCELL_ROUTER_PORT_RANGE", "router_port_range"),
     ("PGCELL_OPERATION_TIMEOUT_SECS", "operation_timeout_secs"),
+    ("PGCELL_REPLACE_AFTER_SECS", "replace_after_secs"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 

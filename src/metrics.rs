@@ -15,6 +15,10 @@ pub struct Counters {
     pub failovers_seen: AtomicU64,
     pub containers_died: AtomicU64,
     pub leader_locks_ended: AtomicU64,
+    pub replacements_started: AtomicU64,
+    pub replacements_finished: AtomicU64,
+    /// Members of cells that are gone that cannot be replaced now (a gauge).
+    pub heal_stuck: AtomicU64,
     /// (endpoint, status) → requests.
     pub requests: DashMap<(String, u16), u64>,
 }
@@ -59,6 +63,9 @@ pub fn counter_samples() -> (Vec<Sample>, Vec<(&'static str, &'static str)>) {
         ("pgcell_failovers_seen_total", vec![], c.failovers_seen.load(Relaxed)),
         ("pgcell_containers_died_total", vec![], c.containers_died.load(Relaxed)),
         ("pgcell_leader_locks_ended_total", vec![], c.leader_locks_ended.load(Relaxed)),
+        ("pgcell_replacements_started_total", vec![], c.replacements_started.load(Relaxed)),
+        ("pgcell_replacements_finished_total", vec![], c.replacements_finished.load(Relaxed)),
+        ("pgcell_members_unreplaceable", vec![], c.heal_stuck.load(Relaxed)),
     ];
     let mut reqs: Vec<_> = c.requests.iter().map(|e| (e.key().clone(), *e.value())).collect();
     reqs.sort();
@@ -72,6 +79,9 @@ pub fn counter_samples() -> (Vec<Sample>, Vec<(&'static str, &'static str)>) {
         ("pgcell_failovers_seen_total", "counter"),
         ("pgcell_containers_died_total", "counter"),
         ("pgcell_leader_locks_ended_total", "counter"),
+        ("pgcell_replacements_started_total", "counter"),
+        ("pgcell_replacements_finished_total", "counter"),
+        ("pgcell_members_unreplaceable", "gauge"),
         ("pgcell_http_requests_total", "counter"),
     ];
     (samples, kinds)

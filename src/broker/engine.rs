@@ -213,7 +213,10 @@ impl Broker {
         placements: &[(Placement, i64)],
     ) -> anyhow::Result<Result<(), String>> {
         let mut etcd = self.etcd.clone();
-        let cells: Vec<CellRecord> = store::list_json(&mut etcd, &keys::cells()).await?;
+        let (retiring, _) = store::get_prefix(&mut etcd, &keys::retirings()).await?;
+        let mut cells: Vec<CellRecord> = store::list_json(&mut etcd, &keys::cells()).await?;
+        // A cell being retired takes no new member.
+        cells.retain(|c| !retiring.iter().any(|(k, _)| *k == keys::retiring(&c.name)));
         let (used, _) = store::get_prefix(&mut etcd, &keys::placements()).await?;
         let candidates: Vec<Candidate> = cells
             .iter()
@@ -269,7 +272,12 @@ impl Broker {
 
     async fn drive_down(&self, id: &str, op: &mut Operation) -> Result<(), StepError> {
         let mut etcd = self.etcd.clone();
-        let placements = store::instance_placements(&mut etcd, id).await?;
+        let mut placements = store::instance_placements(&mut etcd, id).await?;
+        // A member marked purge on a cell that is gone is purged by that cell
+        // when it returns: it does not hold the deprovision up.
+        let live: BTreeSet<String> =
+            store::list_json::<CellRecord>(&mut etcd, &keys::cells()).await?.into_iter().map(|c| c.name).collect();
+        placements.retain(|(p, _)| !p.purge || live.contains(&p.cell));
         if placements.is_empty() {
             // The tombstone first: a broker dying in between leaves the keys, and
             // the next step deletes them; the other order would forget the 410.

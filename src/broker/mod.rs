@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod driver;
 pub mod engine;
 pub mod heal;
+pub mod healer;
 pub mod model;
 pub mod place;
 pub mod sql;

@@ -38,14 +38,15 @@ pub async fn drain(client: &mut Client, cell: &str) -> anyhow::Result<Vec<(Strin
     let placements: Vec<store::Placement> = store::list_json(client, &keys::cell_placements(cell)).await?;
     let mut out = vec![];
     for p in placements {
-        let outcome = drain_one(client, &p).await.unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
+        let outcome = move_leader(client, &p).await.unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
         tracing::info!(scope = %p.scope, %outcome, "drain");
         out.push((p.scope, outcome));
     }
     Ok(out)
 }
 
-async fn drain_one(client: &mut Client, p: &store::Placement) -> anyhow::Result<Outcome> {
+/// Switches the member `p` over to a healthy replica if it leads its cluster.
+pub async fn move_leader(client: &mut Client, p: &store::Placement) -> anyhow::Result<Outcome> {
     let view = read_view(client, &p.scope).await?;
     if view.leader.as_deref() != Some(&p.member) {
         return Ok(Outcome::NotLeader);

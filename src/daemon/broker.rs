@@ -22,6 +22,7 @@ pub async fn serve(cfg: BrokerConfig, listener: std::net::TcpListener) -> anyhow
     tracing::info!(broker = %cfg.name, listen = %listener.local_addr()?, "broker running");
     let broker = Broker::new(etcd, cfg);
     actix_web::rt::spawn(crate::broker::driver::run(broker.clone()));
+    actix_web::rt::spawn(crate::broker::healer::run(broker.clone()));
     let broker = web::Data::new(broker);
     HttpServer::new(move || {
         App::new()

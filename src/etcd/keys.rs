@@ -85,6 +85,38 @@ pub fn router_port_claim(port: u16) -> String {
     format!("{ROOT}router_ports/{port}")
 }
 
+/// When the healer first saw a cell lost (unix seconds).
+pub fn lost(cell: &str) -> String {
+    format!("{ROOT}lost/{cell}")
+}
+
+pub fn losts() -> String {
+    format!("{ROOT}lost/")
+}
+
+/// A cell an operator asked to empty (`pgcell cells retire`).
+pub fn retiring(cell: &str) -> String {
+    format!("{ROOT}retiring/{cell}")
+}
+
+pub fn retirings() -> String {
+    format!("{ROOT}retiring/")
+}
+
+/// A member being replaced elsewhere, by its name.
+pub fn replacement(old_member: &str) -> String {
+    format!("{ROOT}replacements/{old_member}")
+}
+
+pub fn replacements() -> String {
+    format!("{ROOT}replacements/")
+}
+
+/// Held by the one broker that runs the healer.
+pub fn healer_lock() -> String {
+    format!("{ROOT}healer")
+}
+
 pub fn routers() -> String {
     format!("{ROOT}routers/")
 }

@@ -185,7 +185,19 @@ pub async fn ensure_secrets(client: &mut Client, instance: &str) -> anyhow::Resu
 
 /// Places a member on a cell, taking the lowest free port slot; two callers can
 /// never take the same slot or place the same instance twice on one cell.
-pub async fn place_member(client: &mut Client, cell: &CellPorts, mut want: Placement) -> Result<Placed, PlaceError> {
+pub async fn place_member(client: &mut Client, cell: &CellPorts, want: Placement) -> Result<Placed, PlaceError> {
+    place_with(client, cell, want, None).await
+}
+
+/// Like [`place_member`], and writes `record` (key, value) in the same
+/// transaction, only if that key does not exist yet: e.g. a replacement record,
+/// so that one member never gets two replacements.
+pub async fn place_with(
+    client: &mut Client,
+    cell: &CellPorts,
+    mut want: Placement,
+    record: Option<(&str, Vec<u8>)>,
+) -> Result<Placed, PlaceError> {
     let key = keys::placement(&cell.cell, &want.instance_id);
     for _ in 0..16 {
         if let Some((existing, _)) = get_json::<Placement>(client, &key).await? {
@@ -199,16 +211,22 @@ pub async fn place_member(client: &mut Client, cell: &CellPorts, mut want: Place
         let slot_key = keys::port_slot(&cell.cell, slot);
         (want.pg_port, want.api_port) = cell.ports(slot);
         want.slot = slot;
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
-                Compare::create_revision(slot_key.as_str(), CompareOp::Equal, 0),
-            ])
-            .and_then([
-                TxnOp::put(key.as_str(), serde_json::to_vec(&want).map_err(anyhow::Error::from)?, None),
-                TxnOp::put(slot_key.as_str(), want.member.as_str(), None),
-            ]);
-        if client.txn(txn).await.context("etcd txn (placement)")?.succeeded() {
+        let mut when = vec![
+            Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            Compare::create_revision(slot_key.as_str(), CompareOp::Equal, 0),
+        ];
+        let mut ops = vec![
+            TxnOp::put(key.as_str(), serde_json::to_vec(&want).map_err(anyhow::Error::from)?, None),
+            TxnOp::put(slot_key.as_str(), want.member.as_str(), None),
+        ];
+        if let Some((k, v)) = &record {
+            if client.get(*k, None).await.context("etcd get (placement record)")?.count() > 0 {
+                return Err(PlaceError::Etcd(anyhow::anyhow!("{k} exists already")));
+            }
+            when.push(Compare::create_revision(*k, CompareOp::Equal, 0));
+            ops.push(TxnOp::put(*k, v.clone(), None));
+        }
+        if client.txn(Txn::new().when(when).and_then(ops)).await.context("etcd txn (placement)")?.succeeded() {
             return Ok(Placed::Created(want));
         }
     }

@@ -399,11 +399,17 @@ impl Deployment {
 
     /// Starts a broker process; returns its base URL.
     pub async fn start_broker(&mut self, name: &str) -> String {
-        let env = [
+        self.start_broker_with_env(name, &[]).await
+    }
+
+    /// A broker with extra environment (e.g. `PGCELL_REPLACE_AFTER_SECS`).
+    pub async fn start_broker_with_env(&mut self, name: &str, extra: &[(&str, String)]) -> String {
+        let mut env = vec![
             ("PGCELL_BROKER_NAME", name.to_string()),
             ("PGCELL_PASSWORD", BROKER_PASSWORD.to_string()),
             ("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1)),
         ];
+        env.extend(extra.iter().cloned());
         let broker = self.spawn_daemon(name, "broker", "127.0.0.1", &env).await;
         let url = broker.http.clone();
         self.brokers.push(broker);

@@ -1,5 +1,7 @@
 //! Operator tools, in the seed scripts' exact formats.
 
+pub mod retire;
+
 use std::collections::BTreeMap;
 
 use crate::etcd::{Client, keys, store};
@@ -52,7 +54,8 @@ pub fn states(clusters: &BTreeMap<String, ClusterView>) -> Vec<String> {
 #[derive(Debug, PartialEq)]
 pub struct CellRow {
     pub name: String,
-    /// `up` while the cell's lease lives, `lost` when it has placements but no lease.
+    /// `up` while the cell's lease lives (`retiring` once asked to empty), `lost`
+    /// when it has placements but no lease.
     pub state: &'static str,
     pub zone: String,
     pub members: usize,
@@ -63,9 +66,15 @@ pub async fn read_cells(client: &mut Client) -> anyhow::Result<Vec<CellRow>> {
     let records: Vec<store::CellRecord> = store::list_json(client, &keys::cells()).await?;
     let placements: Vec<store::Placement> = store::list_json(client, &keys::placements()).await?;
     let clusters = read_clusters(client).await?;
+    let (retiring, _) = store::get_prefix(client, &keys::retirings()).await?;
+    let state = |name: &str| if retiring.iter().any(|(k, _)| *k == keys::retiring(name)) { "retiring" } else { "up" };
     let mut rows: BTreeMap<String, CellRow> = records
         .into_iter()
-        .map(|r| (r.name.clone(), CellRow { name: r.name, state: "up", zone: r.zone, members: 0, leaders: vec![] }))
+        .map(|r| {
+            let row =
+                CellRow { name: r.name.clone(), state: state(&r.name), zone: r.zone, members: 0, leaders: vec![] };
+            (r.name, row)
+        })
         .collect();
     for p in placements {
         let row = rows.entry(p.cell.clone()).or_insert_with(|| CellRow {
@@ -84,10 +93,10 @@ pub async fn read_cells(client: &mut Client) -> anyhow::Result<Vec<CellRow>> {
 }
 
 pub fn cells_table(rows: &[CellRow]) -> Vec<String> {
-    let mut out = vec![format!("{:<24} {:<6} {:<10} {:>7}  LEADERS", "CELL", "STATE", "ZONE", "MEMBERS")];
+    let mut out = vec![format!("{:<24} {:<8} {:<10} {:>7}  LEADERS", "CELL", "STATE", "ZONE", "MEMBERS")];
     for r in rows {
         let zone = if r.zone.is_empty() { "-" } else { &r.zone };
-        out.push(format!("{:<24} {:<6} {:<10} {:>7}  {}", r.name, r.state, zone, r.members, r.leaders.join(" ")));
+        out.push(format!("{:<24} {:<8} {:<10} {:>7}  {}", r.name, r.state, zone, r.members, r.leaders.join(" ")));
     }
     out
 }

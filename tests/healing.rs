@@ -1,0 +1,182 @@
+//! Self-healing with real cells, Patroni and psql: a cell gone for good has its
+//! members replaced elsewhere and purges them when it returns; a cell can be
+//! retired (refused without room).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::http::osb;
+use common::*;
+use pgcell::broker::catalog::{PLANS, SERVICE_ID};
+use serde_json::{Value, json};
+
+fn plan_id(name: &str) -> &'static str {
+    PLANS.iter().find(|p| p.name == name).unwrap().id
+}
+
+async fn provision(d: &Deployment, broker: &str, id: &str, plan: &str) {
+    let body = json!({"service_id": SERVICE_ID, "plan_id": plan_id(plan), "organization_guid": "o", "space_guid": "s"});
+    let r = osb("PUT", &format!("{broker}/v2/service_instances/{id}?accepts_incomplete=true"), Some(&body.to_string()))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    wait_for(&format!("{id} provisioned"), Duration::from_secs(180), || async {
+        let kv = d.etcd.dump(&format!("/pgcell/instances/{id}/operation")).await;
+        let op: Value = serde_json::from_str(&kv.first()?.1).ok()?;
+        assert_ne!(op["state"], "failed", "{op}");
+        (op["state"] == "succeeded").then_some(())
+    })
+    .await;
+}
+
+async fn sync_standby(d: &Deployment, id: &str) -> Option<String> {
+    let kv = d.etcd.dump(&format!("/service/cf-{id}/sync")).await;
+    let v: Value = serde_json::from_str(&kv.first()?.1).ok()?;
+    v["sync_standby"].as_str().map(String::from)
+}
+
+/// The cells holding a member of `id` that is not marked purge.
+async fn member_cells(d: &Deployment, id: &str) -> Vec<String> {
+    let mut cells: Vec<String> = d
+        .etcd
+        .dump("/pgcell/placements/")
+        .await
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_str::<Value>(&v).ok())
+        .filter(|p| p["instance_id"] == id && p["purge"] == false)
+        .map(|p| p["cell"].as_str().unwrap().to_string())
+        .collect();
+    cells.sort();
+    cells
+}
+
+/// A writer through the router on its own thread; returns the ids it was told were committed.
+fn writer(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec<i32>, u32)> {
+    std::thread::spawn(move || {
+        let (mut acked, mut failed, mut id) = (vec![], 0u32, 0);
+        while !stop.load(Ordering::Relaxed) {
+            id += 1;
+            match psql(&url, &format!("insert into acked values ({id})")) {
+                Ok(_) => acked.push(id),
+                Err(_) => failed += 1,
+            }
+        }
+        (acked, failed)
+    })
+}
+
+#[tokio::test]
+async fn a_lost_cell_is_replaced_and_purges_its_member_when_it_returns() {
+    let mut d = Deployment::start(3).await;
+    d.start_router("r1", 30_000).await;
+    let broker = d.start_broker_with_env("b1", &[("PGCELL_REPLACE_AFTER_SECS", "3".into())]).await;
+    provision(&d, &broker, "h1", "ha-2").await;
+    let url = d.superuser_url("h1", d.router_port("h1").await).await;
+    psql(&url, "create table acked(id int primary key)").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(url.clone(), stop.clone());
+    let names: Vec<String> = d.cells.iter().map(|c| c.name.clone()).collect();
+    let first = member_cells(&d, "h1").await;
+    let spare = names.iter().find(|n| !first.contains(n)).unwrap().clone();
+
+    // The leader's cell is lost for good.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = d.leader("h1").await.unwrap();
+    let lost = d.cell_of("h1", &leader);
+    let t0 = Instant::now();
+    d.cells[lost].kill_cell();
+    let new_member = format!("cf-h1-{spare}");
+    wait_for("the replacement named synchronous standby", Duration::from_secs(120), || async {
+        (sync_standby(&d, "h1").await.as_deref() == Some(new_member.as_str())).then_some(())
+    })
+    .await;
+    eprintln!(
+        "cell loss -> replacement is the synchronous standby: {:.1}s (replace_after 3 s)",
+        t0.elapsed().as_secs_f64()
+    );
+    let cells = member_cells(&d, "h1").await;
+    assert!(cells.contains(&spare) && !cells.contains(&names[lost]), "{cells:?}");
+    let metrics =
+        common::http::call("GET", &format!("{broker}/metrics"), Some(("broker", BROKER_PASSWORD)), None).await;
+    assert!(metrics.text.contains("pgcell_replacements_finished_total 1"), "{}", metrics.text);
+
+    // Lose the other original cell too: the replacement takes over; nothing acknowledged is lost.
+    let second = d.cell_of("h1", &d.leader("h1").await.unwrap());
+    assert_ne!(second, lost);
+    d.cells[second].kill_cell();
+    wait_for("the replacement leading", Duration::from_secs(60), || async {
+        (d.leader("h1").await.as_deref() == Some(new_member.as_str())).then_some(())
+    })
+    .await;
+    wait_for("writes through the router again", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { psql(&url, "insert into acked values (-1)").ok() }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = w.join().unwrap();
+    let present: HashSet<i32> =
+        psql(&url, "select id from acked").unwrap().lines().filter_map(|l| l.parse().ok()).collect();
+    let missing: Vec<&i32> = acked.iter().filter(|i| !present.contains(i)).collect();
+    eprintln!("writes: acknowledged {}, failed {failed}, lost {}", acked.len(), missing.len());
+    assert!(acked.len() > 20, "the writer barely wrote");
+    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+    // No spare cell for the second loss: degraded, and said so.
+    wait_for("the unreplaceable member counted", Duration::from_secs(30), || async {
+        let m = common::http::call("GET", &format!("{broker}/metrics"), Some(("broker", BROKER_PASSWORD)), None).await;
+        m.text.contains("pgcell_members_unreplaceable 1").then_some(())
+    })
+    .await;
+
+    // The first cell returns: it purges the member that moved away, never runs it.
+    d.cells[lost].start_agent();
+    let old_container = format!("pgcell-cf-h1-{}", names[lost]);
+    wait_for("the moved member purged by its old cell", Duration::from_secs(60), || async {
+        let gone = !d.containers().contains(&old_container);
+        let placement = d.etcd.dump(&format!("/pgcell/placements/{}/h1", names[lost])).await;
+        (gone && placement.is_empty() && dir_is_empty_or_missing(&d.cells[lost].data_root)).then_some(())
+    })
+    .await;
+    assert_eq!(d.leader("h1").await.as_deref(), Some(new_member.as_str()), "no split brain: the leader stayed");
+}
+
+#[tokio::test]
+async fn retire_moves_every_member_and_is_refused_without_room() {
+    let mut d = Deployment::start(2).await;
+    d.start_router("r1", 30_000).await;
+    let broker = d.start_broker("b1").await;
+    provision(&d, &broker, "h2", "ha-2").await;
+    provision(&d, &broker, "s2", "single").await;
+    let s2 = d.superuser_url("s2", d.router_port("s2").await).await;
+    psql(&s2, "create table kept(x int); insert into kept values (42)").unwrap();
+    let single_cell = member_cells(&d, "s2").await.remove(0);
+    let out = std::process::Command::new(pgcell_bin())
+        .args(["cells", "retire", &single_cell])
+        .env("PGCELL_ETCD_ENDPOINTS", &d.etcd.endpoint)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "retire without room must be refused");
+    assert!(err.contains("refused") && err.contains("no cell can take"), "{err}");
+    assert!(d.etcd.dump("/pgcell/retiring/").await.is_empty(), "a refused retire changes nothing");
+
+    // With a third cell it goes: the single member moves with its data.
+    let third = format!("{}-c2", d.id);
+    d.add_cell(&third).await;
+    let t0 = Instant::now();
+    let out = d.pgcell(&["cells", "retire", &single_cell, "--timeout", "240"]);
+    eprintln!("{out}retired in {:.1}s", t0.elapsed().as_secs_f64());
+    assert!(out.contains("empty"), "{out}");
+    for id in ["h2", "s2"] {
+        let cells = member_cells(&d, id).await;
+        assert!(!cells.contains(&single_cell), "{id} still on the retired cell: {cells:?}");
+    }
+    assert_eq!(member_cells(&d, "h2").await.len(), 2, "h2 is fully redundant again");
+    assert!(sync_standby(&d, "h2").await.is_some());
+    assert_eq!(psql(&s2, "select x from kept").unwrap(), "42", "the single instance kept its data");
+    let cells = d.pgcell(&["cells"]);
+    assert!(cells.lines().any(|l| l.starts_with(&single_cell) && l.contains("retiring")), "{cells}");
+}
