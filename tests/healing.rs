@@ -97,8 +97,11 @@ async fn a_lost_cell_is_replaced_and_purges_its_member_when_it_returns() {
         "cell loss -> replacement is the synchronous standby: {:.1}s (replace_after 3 s)",
         t0.elapsed().as_secs_f64()
     );
-    let cells = member_cells(&d, "h1").await;
-    assert!(cells.contains(&spare) && !cells.contains(&names[lost]), "{cells:?}");
+    wait_for("the lost member marked for purge", Duration::from_secs(10), || async {
+        let cells = member_cells(&d, "h1").await;
+        (cells.contains(&spare) && !cells.contains(&names[lost])).then_some(())
+    })
+    .await;
     let metrics =
         common::http::call("GET", &format!("{broker}/metrics"), Some(("broker", BROKER_PASSWORD)), None).await;
     assert!(metrics.text.contains("pgcell_replacements_finished_total 1"), "{}", metrics.text);

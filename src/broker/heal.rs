@@ -93,12 +93,12 @@ pub fn plan(f: &Fleet, now: u64, replace_after: u64) -> Vec<Heal> {
         match f.replacements.get(&old.member) {
             Some(r) => {
                 let Some(view) = view else { continue };
-                if !restored(view, r) {
+                if view.members.get(&r.new_member).is_none_or(|m| m.state != "running") {
                     continue;
                 }
                 if view.leader.as_deref() == Some(old.member.as_str()) {
                     out.push(Heal::MoveLeader(old.clone()));
-                } else {
+                } else if restored(f, view, old) {
                     out.push(Heal::Finish { old: old.clone(), rev: *rev });
                 }
             }
@@ -116,12 +116,23 @@ pub fn plan(f: &Fleet, now: u64, replace_after: u64) -> Vec<Heal> {
     out
 }
 
-/// Redundancy is back: the new member runs as a replica (or leads) and Patroni
-/// names a synchronous standby that is not the member going away.
-fn restored(view: &ClusterView, r: &Replacement) -> bool {
-    let new_ok = view.members.get(&r.new_member).is_some_and(|m| m.state == "running");
-    let sync_ok = view.sync_standby.as_deref().is_some_and(|s| s != r.old_member);
-    new_ok && sync_ok
+/// Redundancy is back without `old` (which no longer leads): a leader, every
+/// other placed member running, and with two or more of them a synchronous
+/// standby named. It may still be `old` when `old` runs (a cell being retired):
+/// Patroni names another within a loop once `old` stops, and commits wait for
+/// that rather than go unreplicated.
+fn restored(f: &Fleet, view: &ClusterView, old: &Placement) -> bool {
+    let others: Vec<&Placement> = f
+        .placements
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.instance_id == old.instance_id && !p.purge && p.member != old.member)
+        .collect();
+    let running = |m: &str| view.members.get(m).is_some_and(|s| s.state == "running");
+    let all_run = others.iter().all(|p| running(&p.member));
+    let sync_ok =
+        others.len() < 2 || view.sync_standby.as_deref().is_some_and(|s| s != old.member || running(&old.member));
+    view.primary().is_some() && all_run && sync_ok
 }
 
 /// Where the replacement of `old` goes, or why it cannot be placed now.

@@ -76,6 +76,8 @@ fn one_replacement_per_member_and_purge_only_once_redundant() {
     assert!(plan(&f, 1000, 300).is_empty(), "still copying");
     f.clusters = [cluster("1", "cf-1-b", &[("cf-1-b", "running"), ("cf-1-d", "running")], None)].into();
     assert!(plan(&f, 1000, 300).is_empty(), "running, but no synchronous standby named yet");
+    f.clusters = [cluster("1", "cf-1-b", &[("cf-1-b", "running"), ("cf-1-d", "running")], Some("cf-1-a"))].into();
+    assert!(plan(&f, 1000, 300).is_empty(), "the lost member is still named synchronous standby");
     f.clusters = [cluster("1", "cf-1-b", &[("cf-1-b", "running"), ("cf-1-d", "running")], Some("cf-1-d"))].into();
     assert_eq!(plan(&f, 1000, 300), [Heal::Finish { old: placement("1", "a"), rev: 10 }]);
 }
@@ -146,6 +148,17 @@ fn retiring_moves_the_leader_last_and_needs_no_wait() {
         ..Fleet::default()
     };
     assert_eq!(plan(&f, 0, 300), [Heal::MoveLeader(placement("3", "a"))]);
+    // Switched over: the old member, now a running replica, may still be the
+    // synchronous standby; it goes, and Patroni names the next one.
+    let moved = Fleet {
+        clusters: [cluster("3", "cf-3-c", &[("cf-3-a", "running"), ("cf-3-c", "running")], Some("cf-3-a"))].into(),
+        placements: f.placements.clone(),
+        replacements: f.replacements.clone(),
+        retiring: f.retiring.clone(),
+        live: f.live.clone(),
+        ..Fleet::default()
+    };
+    assert_eq!(plan(&moved, 0, 300), [Heal::Finish { old: placement("3", "a"), rev: 7 }]);
     // Not yet replaced: a single member on a retiring cell is copied from itself.
     let f2 = Fleet { replacements: BTreeMap::new(), placements: vec![(placement("3", "a"), 7)], ..f };
     let f2 = Fleet { clusters: [cluster("3", "cf-3-a", &[("cf-3-a", "running")], None)].into(), ..f2 };
