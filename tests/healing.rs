@@ -86,6 +86,8 @@ async fn a_lost_cell_is_replaced_and_purges_its_member_when_it_returns() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let leader = d.leader("h1").await.unwrap();
     let lost = d.cell_of("h1", &leader);
+    let old_container = docker_ids(&format!("name=^pgcell-cf-h1-{}$", names[lost]));
+    assert_eq!(old_container.len(), 1);
     let t0 = Instant::now();
     d.cells[lost].kill_cell();
     let new_member = format!("cf-h1-{spare}");
@@ -134,16 +136,23 @@ async fn a_lost_cell_is_replaced_and_purges_its_member_when_it_returns() {
     })
     .await;
 
-    // The first cell returns: it purges the member that moved away, never runs it.
+    // The first cell returns: it purges the member that moved away (its old
+    // container and data), never runs it; then, with room again, the second
+    // lost member is replaced there and the cluster is redundant again.
     d.cells[lost].start_agent();
-    let old_container = format!("pgcell-cf-h1-{}", names[lost]);
-    wait_for("the moved member purged by its old cell", Duration::from_secs(60), || async {
-        let gone = !d.containers().contains(&old_container);
-        let placement = d.etcd.dump(&format!("/pgcell/placements/{}/h1", names[lost])).await;
-        (gone && placement.is_empty() && dir_is_empty_or_missing(&d.cells[lost].data_root)).then_some(())
+    wait_for("the moved member's old container purged by its cell", Duration::from_secs(60), || async {
+        docker_ids(&format!("id={}", old_container[0])).is_empty().then_some(())
+    })
+    .await;
+    let mut want = vec![names[lost].clone(), spare.clone()];
+    want.sort();
+    wait_for("re-placement resumed on the returned cell", Duration::from_secs(180), || async {
+        let again = member_cells(&d, "h1").await == want;
+        (again && sync_standby(&d, "h1").await.is_some()).then_some(())
     })
     .await;
     assert_eq!(d.leader("h1").await.as_deref(), Some(new_member.as_str()), "no split brain: the leader stayed");
+    assert_eq!(psql(&url, "select count(*) > 0 from acked").unwrap(), "t");
 }
 
 #[tokio::test]
