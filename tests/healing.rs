@@ -72,8 +72,10 @@ fn writer(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec<i3
 async fn a_lost_cell_is_replaced_and_purges_its_member_when_it_returns() {
     let mut d = Deployment::start(3).await;
     d.start_router("r1", 30_000).await;
-    let broker = d.start_broker_with_env("b1", &[("PGCELL_REPLACE_AFTER_SECS", "3".into())]).await;
-    provision(&d, &broker, "h1", "ha-2").await;
+    let fast = [("PGCELL_REPLACE_AFTER_SECS", "3".to_string())];
+    let b1 = d.start_broker_with_env("b1", &fast).await;
+    let b2 = d.start_broker_with_env("b2", &fast).await;
+    provision(&d, &b1, "h1", "ha-2").await;
     let url = d.superuser_url("h1", d.router_port("h1").await).await;
     psql(&url, "create table acked(id int primary key)").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -90,6 +92,16 @@ async fn a_lost_cell_is_replaced_and_purges_its_member_when_it_returns() {
     assert_eq!(old_container.len(), 1);
     let t0 = Instant::now();
     d.cells[lost].kill_cell();
+    // The broker running the healer dies as soon as the replacement is placed: the other finishes it, once.
+    let healer = wait_for("a replacement placed", Duration::from_secs(90), || async {
+        let placed = !d.etcd.dump("/pgcell/replacements/").await.is_empty();
+        let holder = d.etcd.dump("/pgcell/healer").await.first().map(|(_, v)| v.clone());
+        holder.filter(|_| placed)
+    })
+    .await;
+    let (dead, broker) = if healer == "b1" { (0, b2.clone()) } else { (1, b1.clone()) };
+    d.brokers[dead].kill();
+    eprintln!("killed {healer}, the broker running the healer, mid-replacement");
     let new_member = format!("cf-h1-{spare}");
     wait_for("the replacement named synchronous standby", Duration::from_secs(120), || async {
         (sync_standby(&d, "h1").await.as_deref() == Some(new_member.as_str())).then_some(())
@@ -106,7 +118,12 @@ async fn a_lost_cell_is_replaced_and_purges_its_member_when_it_returns() {
     .await;
     let metrics =
         common::http::call("GET", &format!("{broker}/metrics"), Some(("broker", BROKER_PASSWORD)), None).await;
-    assert!(metrics.text.contains("pgcell_replacements_finished_total 1"), "{}", metrics.text);
+    assert!(
+        metrics.text.contains("pgcell_replacements_finished_total 1"),
+        "the survivor finished it: {}",
+        metrics.text
+    );
+    assert!(metrics.text.contains("pgcell_replacements_started_total 0"), "and placed nothing twice: {}", metrics.text);
 
     // Lose the other original cell too: the replacement takes over; nothing acknowledged is lost.
     let second = d.cell_of("h1", &d.leader("h1").await.unwrap());
