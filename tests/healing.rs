@@ -209,3 +209,58 @@ async fn retire_moves_every_member_and_is_refused_without_room() {
     let cells = d.pgcell(&["cells"]);
     assert!(cells.lines().any(|l| l.starts_with(&single_cell) && l.contains("retiring")), "{cells}");
 }
+
+#[tokio::test]
+async fn ha3_loses_two_cells_one_after_the_other_and_heals_both() {
+    let mut d = Deployment::start(5).await;
+    d.start_router("r1", 30_000).await;
+    let broker = d.start_broker_with_env("b1", &[("PGCELL_REPLACE_AFTER_SECS", "2".into())]).await;
+    provision(&d, &broker, "h3", "ha-3").await;
+    let url = d.superuser_url("h3", d.router_port("h3").await).await;
+    psql(&url, "create table acked(id int primary key)").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(url.clone(), stop.clone());
+    let names: Vec<String> = d.cells.iter().map(|c| c.name.clone()).collect();
+    let mut lost = vec![];
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let leader = d.leader("h3").await.unwrap();
+        let cell = d.cell_of("h3", &leader);
+        d.cells[cell].kill_cell();
+        lost.push(cell);
+        let t0 = Instant::now();
+        wait_for("three members again, none on a lost cell, a sync standby", Duration::from_secs(180), || async {
+            let cells = member_cells(&d, "h3").await;
+            let clear = lost.iter().all(|l| !cells.contains(&names[*l]));
+            (cells.len() == 3 && clear && sync_standby(&d, "h3").await.is_some()).then_some(())
+        })
+        .await;
+        eprintln!("round {round}: leader's cell lost -> three members again in {:.1}s", t0.elapsed().as_secs_f64());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = w.join().unwrap();
+    let present: HashSet<i32> =
+        psql(&url, "select id from acked").unwrap().lines().filter_map(|l| l.parse().ok()).collect();
+    let missing: Vec<&i32> = acked.iter().filter(|i| !present.contains(i)).collect();
+    eprintln!("writes: acknowledged {}, failed {failed}, lost {}", acked.len(), missing.len());
+    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+    // Both lost cells come back and purge what moved away.
+    for l in &lost {
+        d.cells[*l].start_agent();
+    }
+    wait_for("the lost cells purged their old members", Duration::from_secs(90), || async {
+        let left: usize = placements_on(&d, &lost, &names).await;
+        (left == 0).then_some(())
+    })
+    .await;
+    assert_eq!(member_cells(&d, "h3").await.len(), 3);
+}
+
+/// Placements still on the given cells.
+async fn placements_on(d: &Deployment, cells: &[usize], names: &[String]) -> usize {
+    let mut n = 0;
+    for c in cells {
+        n += d.etcd.dump(&format!("/pgcell/placements/{}/", names[*c])).await.len();
+    }
+    n
+}
