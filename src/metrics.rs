@@ -15,6 +15,10 @@ pub struct Counters {
     pub failovers_seen: AtomicU64,
     pub containers_died: AtomicU64,
     pub leader_locks_ended: AtomicU64,
+    /// Member reservations lost to a concurrent one (then chosen again).
+    pub placement_races: AtomicU64,
+    /// Operations failed because the fleet had no room for their members.
+    pub placement_shortages: AtomicU64,
     /// (endpoint, status) → requests.
     pub requests: DashMap<(String, u16), u64>,
 }
@@ -59,6 +63,8 @@ pub fn counter_samples() -> (Vec<Sample>, Vec<(&'static str, &'static str)>) {
         ("pgcell_failovers_seen_total", vec![], c.failovers_seen.load(Relaxed)),
         ("pgcell_containers_died_total", vec![], c.containers_died.load(Relaxed)),
         ("pgcell_leader_locks_ended_total", vec![], c.leader_locks_ended.load(Relaxed)),
+        ("pgcell_placement_races_total", vec![], c.placement_races.load(Relaxed)),
+        ("pgcell_placement_shortages_total", vec![], c.placement_shortages.load(Relaxed)),
     ];
     let mut reqs: Vec<_> = c.requests.iter().map(|e| (e.key().clone(), *e.value())).collect();
     reqs.sort();
@@ -72,6 +78,8 @@ pub fn counter_samples() -> (Vec<Sample>, Vec<(&'static str, &'static str)>) {
         ("pgcell_failovers_seen_total", "counter"),
         ("pgcell_containers_died_total", "counter"),
         ("pgcell_leader_locks_ended_total", "counter"),
+        ("pgcell_placement_races_total", "counter"),
+        ("pgcell_placement_shortages_total", "counter"),
         ("pgcell_http_requests_total", "counter"),
     ];
     (samples, kinds)
