@@ -127,6 +127,14 @@ async fn a_reservation_commits_only_on_the_fleet_it_read_and_all_or_nothing() {
     let now = fleet::read(&mut client).await.unwrap();
     let placed = fleet::reserve(&mut client, &now, vec![want("y", "a"), want("y", "b")]).await.unwrap().unwrap();
     assert_eq!(placed.iter().map(|p| (p.cell.as_str(), p.slot)).collect::<Vec<_>>(), [("a", 0), ("b", 1)]);
+    // Any slot taken on a chosen cell since the read fails it, not only the slot it would take:
+    // the free count the choice was made on must still hold when it commits.
+    let before = fleet::read(&mut client).await.unwrap();
+    fake_cell(&etcd, "c", 3).await;
+    let before_c = fleet::read(&mut client).await.unwrap();
+    client.put("/pgcell/ports/c/2", "cf-v-c", None).await.unwrap();
+    assert!(fleet::reserve(&mut client, &before_c, vec![want("v", "c")]).await.unwrap().is_none());
+    assert!(fleet::reserve(&mut client, &before, vec![want("v", "c")]).await.is_err(), "c was not in that read");
     // A removal since the read does not invalidate it (it only frees room).
     let before = fleet::read(&mut client).await.unwrap();
     client.delete("/pgcell/ports/b/0", None).await.unwrap();
