@@ -77,7 +77,7 @@ python3 bench/provision_load.py up "$URL" "$PASS" "$SERVICE" "$PLAN_ID" "$N" p- 
 echo "placement races lost and chosen again: $(races)"
 docker stats --no-stream --format '{{.Name}} {{.MemUsage}}' \
   $(docker ps -q --filter "label=org.pgcell.deployment=$DEPLOYMENT") \
-  | awk '{v=$2; u=v; gsub(/[0-9.]/,"",u); gsub(/[A-Za-z]/,"",v); if (u=="GiB") v*=1024; if (u=="KiB") v/=1024;
+  | awk '{v=$2; u=v; gsub(/[0-9.]/,"",u); gsub(/[A-Za-z]/,"",v); v+=0; if (u=="GiB") v*=1024; if (u=="KiB") v/=1024;
           s+=v; n++; if (v>m) m=v} END {printf "member memory: %d members, mean %.0f MiB, max %.0f MiB, total %.0f MiB\n", n, s/n, m, s}'
 echo "members per cell: $(ETCDCTL_API=3 etcdctl --endpoints "$ETCD" get --prefix --keys-only /pgcell/placements/ | grep . | awk -F/ '{print $4}' | sort | uniq -c | awk '{printf "%s ", $1}')"
 rss_line loaded
