@@ -73,7 +73,19 @@ keys() { ETCDCTL_API=3 etcdctl --endpoints "$ETCD" get --prefix --keys-only "$1"
 {
 echo "# provision bench $(date -u '+%F %T') UTC: $N x $PLAN ($MEMBERS members) at once, 3 cells of capacity $CAPACITY, 1 broker; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 rss_line idle
+# Beside the provisions: when every member is placed (the placement itself, before any container starts).
+(
+  t0=$(date +%s.%N)
+  for _ in $(seq 1200); do
+    [ "$(keys /pgcell/placements/)" -ge "$MEMBERS" ] && break
+    sleep 0.1
+  done
+  awk -v a="$t0" -v b="$(date +%s.%N)" -v m="$MEMBERS" 'BEGIN{printf "all %d members placed in %.1f s\n", m, b - a}'
+) >"$TMP/placed.txt" &
+PLACED_PID=$!
 python3 bench/provision_load.py up "$URL" "$PASS" "$SERVICE" "$PLAN_ID" "$N" p- || die "provisioning failed"
+wait "$PLACED_PID" || true
+cat "$TMP/placed.txt"
 echo "placement races lost and chosen again: $(races)"
 docker stats --no-stream --format '{{.Name}} {{.MemUsage}}' \
   $(docker ps -q --filter "label=org.pgcell.deployment=$DEPLOYMENT") \
