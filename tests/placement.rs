@@ -3,7 +3,8 @@
 //! of known capacity place exactly what fits, spread as one-at-a-time
 //! placement would, never over a cell's capacity, never two members of one
 //! cluster on one cell; a shortage fails exactly the operations that cannot
-//! fit and leaves nothing of them behind.
+//! fit and leaves nothing of them behind, but first waits a little for room
+//! (a deprovision freeing slots).
 
 mod common;
 
@@ -246,4 +247,35 @@ async fn a_fleet_one_slot_short_fails_exactly_what_cannot_fit_and_leaves_nothing
     // What did fit is what one-at-a-time would have placed: 5 members (a single lost) or 4 (an ha-2 lost, 1 slot left).
     let want = if id.starts_with('s') { 5 } else { 4 };
     assert_eq!(ps.len(), want, "{ps:?}");
+}
+
+#[tokio::test]
+async fn a_shortage_waits_for_slots_a_deprovision_frees() {
+    let etcd = Etcd::start();
+    fake_cell(&etcd, "c1", 1).await;
+    let mut client = etcd.client().await;
+    // The only slot is held by a member being purged (its cell has not removed it yet).
+    let f = fleet::read(&mut client).await.unwrap();
+    let old = fleet::reserve(&mut client, &f, vec![Placement { purge: true, ..want("old", "c1") }]).await.unwrap();
+    let old = old.unwrap().remove(0);
+    let brokers = two_brokers(&etcd, (41180, 41189)).await;
+    all_at_once(&brokers, &[("n1".into(), "single")]).await;
+    let op = wait_for("n1 waiting for capacity", Duration::from_secs(5), || async {
+        let op = state(&etcd, "n1").await;
+        op["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("waiting for capacity: not enough cells"))
+            .then_some(op)
+    })
+    .await;
+    assert_eq!(op["state"], "in progress", "{op}");
+    // The cell finishes the purge: placement and slot go together (as `store::remove_placement` does).
+    let (_, rev) = pgcell::etcd::store::instance_placements(&mut client, "old").await.unwrap().remove(0);
+    assert!(pgcell::etcd::store::remove_placement(&mut client, &old, rev).await.unwrap());
+    wait_for("n1 placed in the freed slot", Duration::from_secs(5), || async {
+        let ps = placements(&etcd).await;
+        ps.iter().any(|p| p.instance_id == "n1" && p.slot == 0).then_some(())
+    })
+    .await;
+    assert_ne!(state(&etcd, "n1").await["state"], "failed");
 }
