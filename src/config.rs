@@ -228,6 +228,10 @@ pub struct BrokerConfig {
     pub operation_timeout_secs: u64,
     /// A cell lost this long has its members replaced on other cells (0: never).
     pub replace_after_secs: u64,
+    /// An operation that finds no room for its members keeps looking this
+    /// long (from its start) before it fails: a cell may be registering, or a
+    /// deprovision freeing slots.
+    pub placement_wait_secs: u64,
     pub etcd_endpoints: Vec<String>,
 }
 
@@ -242,6 +246,7 @@ impl Default for BrokerConfig {
             router_port_range: "40000-40999".into(),
             operation_timeout_secs: 900,
             replace_after_secs: 300,
+            placement_wait_secs: 15,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
         }
     }
@@ -256,6 +261,7 @@ const BROKER_ENV: &[(&str, &str)] = &[
     ("PGCELL_ROUTER_PORT_RANGE", "router_port_range"),
     ("PGCELL_OPERATION_TIMEOUT_SECS", "operation_timeout_secs"),
     ("PGCELL_REPLACE_AFTER_SECS", "replace_after_secs"),
+    ("PGCELL_PLACEMENT_WAIT_SECS", "placement_wait_secs"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 

@@ -19,6 +19,10 @@ pub struct Counters {
     pub replacements_finished: AtomicU64,
     /// Members of cells that are gone that cannot be replaced now (a gauge).
     pub heal_stuck: AtomicU64,
+    /// Member reservations lost to a concurrent one (then chosen again).
+    pub placement_races: AtomicU64,
+    /// Operations failed because the fleet had no room for their members.
+    pub placement_shortages: AtomicU64,
     /// (endpoint, status) → requests.
     pub requests: DashMap<(String, u16), u64>,
 }
@@ -66,6 +70,8 @@ pub fn counter_samples() -> (Vec<Sample>, Vec<(&'static str, &'static str)>) {
         ("pgcell_replacements_started_total", vec![], c.replacements_started.load(Relaxed)),
         ("pgcell_replacements_finished_total", vec![], c.replacements_finished.load(Relaxed)),
         ("pgcell_members_unreplaceable", vec![], c.heal_stuck.load(Relaxed)),
+        ("pgcell_placement_races_total", vec![], c.placement_races.load(Relaxed)),
+        ("pgcell_placement_shortages_total", vec![], c.placement_shortages.load(Relaxed)),
     ];
     let mut reqs: Vec<_> = c.requests.iter().map(|e| (e.key().clone(), *e.value())).collect();
     reqs.sort();
@@ -82,6 +88,8 @@ pub fn counter_samples() -> (Vec<Sample>, Vec<(&'static str, &'static str)>) {
         ("pgcell_replacements_started_total", "counter"),
         ("pgcell_replacements_finished_total", "counter"),
         ("pgcell_members_unreplaceable", "gauge"),
+        ("pgcell_placement_races_total", "counter"),
+        ("pgcell_placement_shortages_total", "counter"),
         ("pgcell_http_requests_total", "counter"),
     ];
     (samples, kinds)

@@ -13,13 +13,13 @@ use etcd_client::Client;
 
 use super::catalog::{self, Plan};
 use super::model::{self, InstanceSpec, OpKind, OpState, Operation};
-use super::place::{Candidate, choose};
+use super::place;
 use super::sql;
 use crate::config::{BrokerConfig, parse_port_range};
-use crate::etcd::keys;
 use crate::etcd::lock::LeaseLock;
-use crate::etcd::store::{self, CellPorts, CellRecord, PlaceError, Placement, RouterRecord};
-use crate::names;
+use crate::etcd::store::{self, CellRecord, Placement, RouterRecord};
+use crate::etcd::{fleet, keys};
+use crate::{metrics, names};
 
 #[derive(Clone)]
 pub struct Broker {
@@ -128,10 +128,17 @@ impl Broker {
         let placements = store::instance_placements(&mut etcd, id).await?;
         let mut active: Vec<&Placement> = placements.iter().map(|(p, _)| p).filter(|p| !p.purge).collect();
         if active.len() < plan.members {
-            if let Err(why) = self.place(id, spec, plan, &placements).await? {
-                return Err(StepError::Permanent(why));
-            }
-            return self.report(op, "members placed; waiting for them to start").await;
+            return match self.place(id, spec, plan, &placements).await? {
+                Ok(()) => self.report(op, "members placed; waiting for them to start").await,
+                // A cell may be registering, or a deprovision freeing room: wait a little first.
+                Err(why) if op.age_secs() < self.cfg.placement_wait_secs => {
+                    self.report(op, &format!("waiting for capacity: {why}")).await
+                }
+                Err(why) => {
+                    metrics::inc(&metrics::COUNTERS.placement_shortages);
+                    Err(StepError::Permanent(why))
+                }
+            };
         }
         let view = crate::patroni::read_view(&mut etcd, &names::scope(id)).await?;
         if active.len() > plan.members {
@@ -204,7 +211,10 @@ impl Broker {
         Ok(())
     }
 
-    /// Places the missing members; `Err(description)` when the fleet has too few cells.
+    /// Places the missing members, all in one reservation; `Err(description)`
+    /// when the fleet has too few cells with room. A reservation lost to a
+    /// concurrent one (this broker's or another's) reads the fleet again and
+    /// chooses again: only a real shortage is reported.
     async fn place(
         &self,
         id: &str,
@@ -213,61 +223,51 @@ impl Broker {
         placements: &[(Placement, i64)],
     ) -> anyhow::Result<Result<(), String>> {
         let mut etcd = self.etcd.clone();
-        let (retiring, _) = store::get_prefix(&mut etcd, &keys::retirings()).await?;
-        let mut cells: Vec<CellRecord> = store::list_json(&mut etcd, &keys::cells()).await?;
         // A cell being retired takes no new member.
-        cells.retain(|c| !retiring.iter().any(|(k, _)| *k == keys::retiring(&c.name)));
-        let (used, _) = store::get_prefix(&mut etcd, &keys::placements()).await?;
-        let candidates: Vec<Candidate> = cells
-            .iter()
-            .filter_map(|c| {
-                let slots = CellPorts::new(&c.name, parse_port_range(&c.port_range).ok()?, c.capacity).slots;
-                let prefix = keys::cell_placements(&c.name);
-                let taken = used.iter().filter(|(k, _)| k.starts_with(&prefix)).count() as u32;
-                Some(Candidate { name: c.name.clone(), zone: c.zone.clone(), free: slots.saturating_sub(taken) })
-            })
-            .collect();
+        let (retiring, _) = store::get_prefix(&mut etcd, &keys::retirings()).await?;
+        let retiring: BTreeSet<String> =
+            retiring.iter().filter_map(|(k, _)| k.strip_prefix(&keys::retirings()).map(String::from)).collect();
         let taken: BTreeSet<String> = placements.iter().map(|(p, _)| p.cell.clone()).collect();
-        let zones: BTreeSet<String> = placements
-            .iter()
-            .filter(|(p, _)| !p.purge)
-            .filter_map(|(p, _)| cells.iter().find(|c| c.name == p.cell).map(|c| c.zone.clone()))
-            .collect();
-        let active = placements.iter().filter(|(p, _)| !p.purge).count();
-        let need = plan.members - active;
-        let mut placed = 0;
-        let chosen = choose(&candidates, &taken, &zones, need);
-        tracing::info!(instance = id, ?chosen, existing = ?taken, need, "placing members");
-        for cell in chosen {
-            let Some(rec) = cells.iter().find(|c| c.name == cell) else { continue };
-            let ports = CellPorts::new(&cell, parse_port_range(&rec.port_range)?, rec.capacity);
-            let want = Placement {
-                instance_id: id.into(),
-                scope: names::scope(id),
-                member: names::member(id, &cell),
-                cell: cell.clone(),
-                slot: 0,
-                pg_port: 0,
-                api_port: 0,
-                service_id: spec.service_id.clone(),
-                plan_id: plan.id.into(),
-                memory_mb: plan.memory_mb,
-                purge: false,
-            };
-            match store::place_member(&mut etcd, &ports, want).await {
-                Ok(_) => placed += 1,
-                Err(PlaceError::NoCapacity(_)) => {}
-                Err(PlaceError::Etcd(e)) => return Err(e),
+        let need = plan.members - placements.iter().filter(|(p, _)| !p.purge).count();
+        for attempt in 0..place::MAX_ATTEMPTS {
+            let fleet = fleet::read(&mut etcd).await?;
+            let mut candidates = place::candidates(&fleet);
+            candidates.retain(|c| !retiring.contains(&c.name));
+            let zones: BTreeSet<String> = placements
+                .iter()
+                .filter(|(p, _)| !p.purge)
+                .filter_map(|(p, _)| fleet.cell(&p.cell).map(|c| c.record.zone.clone()))
+                .collect();
+            let chosen = place::choose(&candidates, &taken, &zones, need);
+            if chosen.len() < need {
+                return Ok(Err(place::shortage(&candidates, &taken, plan.members, need)));
             }
+            let wants = chosen
+                .iter()
+                .map(|cell| Placement {
+                    instance_id: id.into(),
+                    scope: names::scope(id),
+                    member: names::member(id, cell),
+                    cell: cell.clone(),
+                    slot: 0,
+                    pg_port: 0,
+                    api_port: 0,
+                    service_id: spec.service_id.clone(),
+                    plan_id: plan.id.into(),
+                    memory_mb: plan.memory_mb,
+                    purge: false,
+                })
+                .collect();
+            if let Some(placed) = fleet::reserve(&mut etcd, &fleet, wants).await? {
+                let on: Vec<String> = placed.iter().map(|p| format!("{}#{}", p.cell, p.slot)).collect();
+                tracing::info!(instance = id, placed = ?on, existing = ?taken, attempt, "members placed");
+                return Ok(Ok(()));
+            }
+            metrics::inc(&metrics::COUNTERS.placement_races);
+            tracing::debug!(instance = id, ?chosen, attempt, "placement lost a race; choosing again");
+            tokio::time::sleep(place::retry_delay(attempt, rand::random())).await;
         }
-        if placed < need {
-            let have = candidates.iter().filter(|c| c.free > 0 && !taken.contains(&c.name)).count();
-            return Ok(Err(format!(
-                "not enough cells: the plan needs {} members on distinct cells; {} more needed, {} cell(s) with free capacity",
-                plan.members, need, have
-            )));
-        }
-        Ok(Ok(()))
+        anyhow::bail!("placement lost {} races in a row to concurrent placements", place::MAX_ATTEMPTS)
     }
 
     async fn drive_down(&self, id: &str, op: &mut Operation) -> Result<(), StepError> {

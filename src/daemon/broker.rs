@@ -79,7 +79,16 @@ async fn debug_actors(_: Authorized, b: web::Data<Broker>) -> HttpResponse {
 }
 
 #[get("/metrics")]
-async fn broker_metrics(_: Authorized) -> HttpResponse {
-    let (samples, kinds) = metrics::counter_samples();
+async fn broker_metrics(_: Authorized, b: web::Data<Broker>) -> HttpResponse {
+    let (mut samples, mut kinds) = metrics::counter_samples();
+    // The fleet's free slots, read afresh: what the next provisions can use.
+    match crate::etcd::fleet::read(&mut b.etcd.clone()).await {
+        Ok(fleet) => {
+            let (s, k) = fleet.samples();
+            samples.extend(s);
+            kinds.extend(k);
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the fleet's capacity for /metrics"),
+    }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics::render(&samples, &kinds))
 }

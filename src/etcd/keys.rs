@@ -36,6 +36,16 @@ pub fn placement(cell: &str, instance: &str) -> String {
     format!("{ROOT}placements/{cell}/{instance}")
 }
 
+pub fn port_slots() -> String {
+    format!("{ROOT}ports/")
+}
+
+/// The cell and slot of a `/pgcell/ports/<cell>/<slot>` key.
+pub fn port_slot_of(key: &str) -> Option<(&str, u32)> {
+    let (cell, slot) = key.strip_prefix(ROOT)?.strip_prefix("ports/")?.split_once('/')?;
+    Some((cell, slot.parse().ok()?))
+}
+
 pub fn cell_ports(cell: &str) -> String {
     format!("{ROOT}ports/{cell}/")
 }
@@ -154,5 +164,10 @@ mod tests {
         assert_eq!(placement_instance(&k), Some(("cell-a", "1")));
         assert!(k.starts_with(&cell_placements("cell-a")));
         assert!(!patroni_scope("cf-10").starts_with(&patroni_scope("cf-1")));
+        assert_eq!(port_slot_of(&port_slot("cell-a", 7)), Some(("cell-a", 7)));
+        assert!(port_slot(&"c".repeat(3), 1).starts_with(&cell_ports("ccc")));
+        assert!(
+            !cell_ports("c1").starts_with(&cell_ports("c10")) && !port_slot("c10", 0).starts_with(&cell_ports("c1"))
+        );
     }
 }

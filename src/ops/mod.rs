@@ -59,45 +59,68 @@ pub struct CellRow {
     pub state: &'static str,
     pub zone: String,
     pub members: usize,
+    /// Member slots held (members being removed included) and the cell's
+    /// capacity (`None` for a lost cell: its record went with its lease).
+    pub used: usize,
+    pub total: Option<u32>,
     pub leaders: Vec<String>,
 }
 
 pub async fn read_cells(client: &mut Client) -> anyhow::Result<Vec<CellRow>> {
-    let records: Vec<store::CellRecord> = store::list_json(client, &keys::cells()).await?;
+    let fleet = crate::etcd::fleet::read(client).await?;
     let placements: Vec<store::Placement> = store::list_json(client, &keys::placements()).await?;
     let clusters = read_clusters(client).await?;
     let (retiring, _) = store::get_prefix(client, &keys::retirings()).await?;
     let state = |name: &str| if retiring.iter().any(|(k, _)| *k == keys::retiring(name)) { "retiring" } else { "up" };
-    let mut rows: BTreeMap<String, CellRow> = records
-        .into_iter()
-        .map(|r| {
-            let row =
-                CellRow { name: r.name.clone(), state: state(&r.name), zone: r.zone, members: 0, leaders: vec![] };
-            (r.name, row)
+    let row = |name: &str, state, zone: &str, used, total| CellRow {
+        name: name.into(),
+        state,
+        zone: zone.into(),
+        members: 0,
+        used,
+        total,
+        leaders: vec![],
+    };
+    let mut rows: BTreeMap<String, CellRow> = fleet
+        .cells
+        .iter()
+        .map(|c| {
+            let name = &c.record.name;
+            (name.clone(), row(name, state(name), &c.record.zone, c.used.len(), Some(c.total())))
         })
         .collect();
+    for (cell, used) in &fleet.unregistered {
+        rows.entry(cell.clone()).or_insert_with(|| row(cell, "lost", "", *used, None));
+    }
     for p in placements {
-        let row = rows.entry(p.cell.clone()).or_insert_with(|| CellRow {
-            name: p.cell.clone(),
-            state: "lost",
-            zone: String::new(),
-            members: 0,
-            leaders: vec![],
-        });
-        row.members += 1;
+        let r = rows.entry(p.cell.clone()).or_insert_with(|| row(&p.cell, "lost", "", 0, None));
+        r.members += 1;
         if clusters.get(&p.scope).and_then(|v| v.leader.as_deref()) == Some(p.member.as_str()) {
-            row.leaders.push(p.scope.clone());
+            r.leaders.push(p.scope.clone());
         }
     }
     Ok(rows.into_values().collect())
 }
 
 pub fn cells_table(rows: &[CellRow]) -> Vec<String> {
-    let mut out = vec![format!("{:<24} {:<8} {:<10} {:>7}  LEADERS", "CELL", "STATE", "ZONE", "MEMBERS")];
+    let head = format!("{:<24} {:<8} {:<10} {:>7} {:>10}  LEADERS", "CELL", "STATE", "ZONE", "MEMBERS", "USED/TOTAL");
+    let mut out = vec![head];
     for r in rows {
         let zone = if r.zone.is_empty() { "-" } else { &r.zone };
-        out.push(format!("{:<24} {:<8} {:<10} {:>7}  {}", r.name, r.state, zone, r.members, r.leaders.join(" ")));
+        let slots = format!("{}/{}", r.used, r.total.map_or("-".to_string(), |t| t.to_string()));
+        out.push(format!(
+            "{:<24} {:<8} {:<10} {:>7} {:>10}  {}",
+            r.name,
+            r.state,
+            zone,
+            r.members,
+            slots,
+            r.leaders.join(" ")
+        ));
     }
+    let (used, total) =
+        rows.iter().filter_map(|r| Some((r.used, r.total?))).fold((0, 0), |(u, t), (a, b)| (u + a, t + b));
+    out.push(format!("fleet: {used}/{total} slots used, {} free", (total as usize).saturating_sub(used)));
     out
 }
 
@@ -120,13 +143,30 @@ mod tests {
     #[test]
     fn cells_table_reads() {
         let rows = [
-            CellRow { name: "a".into(), state: "up", zone: "z1".into(), members: 2, leaders: vec!["cf-1".into()] },
-            CellRow { name: "b".into(), state: "lost", zone: String::new(), members: 1, leaders: vec![] },
+            CellRow {
+                name: "a".into(),
+                state: "up",
+                zone: "z1".into(),
+                members: 2,
+                used: 2,
+                total: Some(7),
+                leaders: vec!["cf-1".into()],
+            },
+            CellRow {
+                name: "b".into(),
+                state: "lost",
+                zone: String::new(),
+                members: 1,
+                used: 1,
+                total: None,
+                leaders: vec![],
+            },
         ];
         let t = cells_table(&rows);
-        assert!(t[0].starts_with("CELL"));
-        assert!(t[1].contains("up") && t[1].contains("z1") && t[1].ends_with("cf-1"));
-        assert!(t[2].contains("lost") && t[2].contains(" - "));
+        assert!(t[0].starts_with("CELL") && t[0].contains("USED/TOTAL"));
+        assert!(t[1].contains("up") && t[1].contains("z1") && t[1].contains(" 2/7 ") && t[1].ends_with("cf-1"));
+        assert!(t[2].contains("lost") && t[2].contains(" - ") && t[2].contains(" 1/- "));
+        assert_eq!(t[3], "fleet: 2/7 slots used, 5 free", "a lost cell's capacity is not the fleet's");
     }
 
     #[test]
