@@ -159,7 +159,9 @@ pub struct RouterConfig {
     pub username: String,
     /// Empty: a random password is generated at start, so `/debug` and `/metrics` are never open.
     pub password: String,
-    /// How long the last table is kept while etcd is unreachable; a little under Patroni's ttl.
+    /// How long the last table is kept while etcd is unreachable. It matches the etcd outage
+    /// pgcell rides out (30 s, Patroni's failsafe mode keeps the primaries) plus the time etcd
+    /// needs to elect itself and the watches to resume (docs/decisions.md).
     pub grace_ms: u64,
     /// Threads of the data path.
     pub data_threads: usize,
@@ -177,7 +179,7 @@ impl Default for RouterConfig {
             http_listen: "127.0.0.1:8440".into(),
             username: "admin".into(),
             password: String::new(),
-            grace_ms: 8_000,
+            grace_ms: 35_000,
             data_threads: 2,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             failpoints: false,

@@ -73,6 +73,8 @@ impl StreamHandler<WatchEvent> for ClusterActor {
             }
             tracing::info!(scope = %self.view.scope, leader = ?self.view.leader, "leader changed");
         }
+        // The first event is a full snapshot, so the view is always whole here.
+        crate::http::metrics::HEALTH.observe(&self.view.scope, self.view.health(), std::time::Instant::now());
         self.status.event(self.summary());
     }
 }
@@ -99,6 +101,7 @@ impl Handler<StopFollowing> for ClusterActor {
     type Result = ();
 
     fn handle(&mut self, _: StopFollowing, ctx: &mut Context<Self>) {
+        crate::http::metrics::HEALTH.forget(&self.view.scope);
         ctx.stop();
     }
 }

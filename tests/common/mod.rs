@@ -45,67 +45,138 @@ where
     }
 }
 
-pub struct Etcd {
+/// One etcd member: its process, ports and data directory.
+struct EtcdMember {
+    name: String,
     child: Option<Child>,
+    endpoint: String,
+    peer_url: String,
+}
+
+/// etcd for a test: one member by default, or a cluster (`Etcd::cluster(3)`).
+/// `stop`/`resume`/`signal` act on every member; `*_member` on one.
+pub struct Etcd {
+    members: Vec<EtcdMember>,
+    /// The first member's client address.
     pub endpoint: String,
-    peer: u16,
     dir: tempfile::TempDir,
 }
 
 impl Etcd {
     pub fn start() -> Self {
+        Self::cluster(1)
+    }
+
+    /// `n` members on loopback, with short raft timings so that losing the
+    /// raft leader costs well under Patroni's per-request timeout (1 s with 3
+    /// endpoints and retry_timeout 3).
+    pub fn cluster(n: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("127.0.0.1:{client}");
-        let mut etcd = Self { child: None, endpoint, peer, dir };
-        etcd.spawn();
+        let members: Vec<EtcdMember> = (0..n)
+            .map(|i| EtcdMember {
+                name: format!("m{i}"),
+                child: None,
+                endpoint: format!("127.0.0.1:{}", free_port()),
+                peer_url: format!("http://127.0.0.1:{}", free_port()),
+            })
+            .collect();
+        let endpoint = members[0].endpoint.clone();
+        let mut etcd = Self { members, endpoint, dir };
+        for i in 0..n {
+            etcd.spawn(i);
+        }
+        for i in 0..n {
+            etcd.wait_listening(i);
+        }
         etcd
     }
 
-    /// Sends a signal to etcd (`STOP` freezes it, `CONT` thaws it).
+    /// Every member's client address, comma-separated (as `PGCELL_ETCD_ENDPOINTS` takes them).
+    pub fn endpoints(&self) -> String {
+        self.members.iter().map(|m| m.endpoint.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn member_endpoint(&self, i: usize) -> String {
+        self.members[i].endpoint.clone()
+    }
+
+    /// Sends a signal to every member (`STOP` freezes, `CONT` thaws).
     pub fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("etcd running").id().to_string();
+        for i in 0..self.members.len() {
+            self.signal_member(i, sig);
+        }
+    }
+
+    pub fn signal_member(&self, i: usize, sig: &str) {
+        let pid = self.members[i].child.as_ref().expect("etcd running").id().to_string();
         assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
     }
 
-    /// Stops etcd (SIGKILL); its data stays for `resume`.
+    /// Stops every member (SIGKILL); data stays for `resume`.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        for i in 0..self.members.len() {
+            self.stop_member(i);
+        }
+    }
+
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// Starts etcd again on the same ports and data.
+    /// Starts every member again on the same ports and data.
     pub fn resume(&mut self) {
-        assert!(self.child.is_none());
-        self.spawn();
+        for i in 0..self.members.len() {
+            self.resume_member(i);
+        }
     }
 
-    fn spawn(&mut self) {
-        let peer = self.peer;
-        let client_url = format!("http://{}", self.endpoint);
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
-            .args(["--data-dir", &self.dir.path().join("data").display().to_string()])
+    pub fn resume_member(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none());
+        self.spawn(i);
+        self.wait_listening(i);
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let cluster = self.members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
+        let m = &self.members[i];
+        let client_url = format!("http://{}", m.endpoint);
+        let data = self.dir.path().join(format!("data-{}", m.name));
+        let log = self.dir.path().join(format!("etcd-{}.log", m.name));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", &m.name, "--data-dir", &data.display().to_string()])
             .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .args(["--listen-peer-urls", &m.peer_url, "--initial-advertise-peer-urls", &m.peer_url])
+            .args(["--initial-cluster", &cluster, "--initial-cluster-state", "new"]);
+        if self.members.len() > 1 {
+            cmd.args(["--heartbeat-interval", "100", "--election-timeout", "500"]);
+        }
+        let child = cmd
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("etcd must be installed (scripts/setup.sh)");
-        self.child = Some(child);
+        self.members[i].child = Some(child);
+    }
+
+    fn wait_listening(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&self.endpoint).is_err() {
+        while std::net::TcpStream::connect(&self.members[i].endpoint).is_err() {
             assert!(Instant::now() < deadline, "etcd did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([&self.endpoint], None).await.unwrap()
+        let endpoints: Vec<&str> = self.members.iter().map(|m| m.endpoint.as_str()).collect();
+        etcd_client::Client::connect(endpoints, None).await.unwrap()
     }
 
     /// Every key and value under `/` (for "nothing changed" checks).
@@ -121,10 +192,7 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }
 
@@ -272,9 +340,14 @@ impl Daemon {
 
 impl Deployment {
     pub async fn start(cells: usize) -> Self {
+        Self::start_with_etcd(cells, 1).await
+    }
+
+    /// A deployment on an etcd cluster of `members`; every daemon gets every endpoint.
+    pub async fn start_with_etcd(cells: usize, members: usize) -> Self {
         let id = format!("t{}-{}", std::process::id(), free_port());
         let tmp = tempfile::tempdir().unwrap();
-        let etcd = Etcd::start();
+        let etcd = Etcd::cluster(members);
         let router_ports = port_block();
         let mut d = Self { id, etcd, cells: vec![], routers: vec![], brokers: vec![], router_ports, tmp };
         for i in 0..cells {
@@ -298,7 +371,7 @@ impl Deployment {
             ("PGCELL_API_LISTEN", format!("127.0.0.1:{api_port}")),
             ("PGCELL_PORT_RANGE", format!("{}-{}", ports.0, ports.1)),
             ("PGCELL_DATA_ROOT", data_root.display().to_string()),
-            ("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoint.clone()),
+            ("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoints()),
             ("PGCELL_MEMORY_MB", "512".to_string()),
             ("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1)),
             ("PGCELL_LOG", "info,pgcell=debug".to_string()),
@@ -336,7 +409,7 @@ impl Deployment {
             .arg(subcommand)
             .env("PGCELL_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
             .env("PGCELL_BROKER_LISTEN", format!("127.0.0.1:{http_port}"))
-            .env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint)
+            .env("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoints())
             .env("PGCELL_LOG", "info,pgcell=debug")
             // Last, so a daemon can be given e.g. its own way to etcd.
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -423,7 +496,7 @@ impl Deployment {
     /// `pgcell <args>` against this deployment's etcd.
     pub fn pgcell(&self, args: &[&str]) -> String {
         let out =
-            Command::new(pgcell_bin()).args(args).env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint).output().unwrap();
+            Command::new(pgcell_bin()).args(args).env("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoints()).output().unwrap();
         assert!(out.status.success(), "pgcell {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
