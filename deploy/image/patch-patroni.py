@@ -17,12 +17,16 @@ exact piece of code; the build fails loudly if that code is not there.
    to etcd is cut, while its replicas still reach etcd, therefore stays primary
    for as long as the cut lasts, its replicas follow it instead of racing for the
    expired lock ("following a different leader"), and whoever routes by the
-   leader key (pgcell's router) has no primary. Here a member answers yes only if
-   it cannot read etcd itself either (a linearizable read, so a member on the
-   minority side of an etcd partition counts as cut off). If it can, etcd is
-   fine and the leader is the isolated one: the member refuses, the leader
-   demotes as it would without failsafe mode, and the member forgets the
-   leader's earlier pings so that it races as soon as the lock expires.
+   leader key (pgcell's router) has no primary. Here a member refuses if it
+   reads etcd itself (a linearizable read, so a member on the minority side of
+   an etcd partition cannot) and either etcd names another leader, or the
+   member's own etcd access has not failed for a ttl: etcd is fine and the
+   caller is the isolated one. The caller then demotes as it would without
+   failsafe mode, and the member forgets its earlier pings so that it races as
+   soon as the lock expires. Right after an etcd outage, etcd answers the member
+   while the leader's last cycle still failed: the member's own recent failure
+   tells the two cases apart (measured: without it, a 30 s outage ended with a
+   demotion every time).
    Only POST /failsafe calls this code, and Patroni answers that request with
    502 while failsafe_mode is off: nothing changes for clusters without it.
 
@@ -75,19 +79,25 @@ patch("ha.py", """    def update_failsafe(self, data):
 """, """    def update_failsafe(self, data):
         if self.state_handler.state == 'running' and self.state_handler.role in ('master', 'primary'):
             return 'Running as a leader'
-        # pgcell: failsafe is for an etcd outage. If etcd answers us, the caller is cut off alone:
-        # refuse (it demotes) and forget its earlier pings (we race as soon as its lock expires).
-        if self._pgcell_dcs_answers():
-            self._failsafe.set_is_active(0)
-            logger.warning('refusing failsafe to %s: the DCS is accessible from here', data.get('name'))
+        # pgcell: failsafe is for an etcd outage, not for a leader cut off alone. Refuse (the
+        # caller demotes) if etcd answers us and either names another leader, or has served us
+        # without a failure for a ttl (etcd is fine: the caller is the isolated one). Right after
+        # an outage etcd answers us while the caller's last cycle still failed: accept then.
+        answered, leader = self._pgcell_read_leader()
+        quiet = time.time() - getattr(self, '_pgcell_dcs_failed_at', 0) > self.dcs.ttl
+        if answered and (leader not in (None, data.get('name')) or quiet):
+            self._failsafe.set_is_active(0)  # forget its pings: race as soon as its lock expires
+            logger.warning('refusing failsafe to %s: the DCS is accessible from here (leader %s)',
+                           data.get('name'), leader)
             return 'DCS is accessible'
         self._failsafe.update(data)
 
-    def _pgcell_dcs_answers(self):
-        \"\"\"True if one etcd endpoint serves a linearizable read within 0.5 s (the caller waits 2 s).\"\"\"
+    def _pgcell_read_leader(self):
+        \"\"\"(True, leader key value or None) if one etcd endpoint serves a linearizable read of the
+        leader key within 0.5 s (at most 3 tried: the caller waits 2 s); (False, None) otherwise.\"\"\"
         client = getattr(self.dcs, '_client', None)
         if client is None or not hasattr(client, 'version_prefix'):
-            return False  # not etcd3: keep upstream behaviour
+            return False, None  # not etcd3: keep upstream behaviour
         body = json.dumps({'key': base64.b64encode(self.dcs.leader_path.encode('utf-8')).decode('utf-8')})
         for base_uri in list(client.machines_cache)[:3]:
             try:
@@ -95,12 +105,20 @@ patch("ha.py", """    def update_failsafe(self, data):
                 headers['Content-Type'] = 'application/json'
                 response = client.http.urlopen('POST', base_uri + client.version_prefix + '/kv/range', body=body,
                                                headers=headers, timeout=urllib3.Timeout(total=0.5), retries=0)
-                if response.status == 200 and 'header' in json.loads(response.data.decode('utf-8')):
-                    return True
+                reply = json.loads(response.data.decode('utf-8'))
+                if response.status == 200 and 'header' in reply:
+                    kvs = reply.get('kvs') or [{}]
+                    value = kvs[0].get('value')
+                    return True, value and base64.b64decode(value).decode('utf-8')
             except Exception as e:
                 logger.debug('failsafe: etcd %s does not answer: %r', base_uri, e)
-        return False
+        return False, None
 """, "failsafe refused by members that still reach etcd")
+
+patch("ha.py", """    def _handle_dcs_error(self):
+""", """    def _handle_dcs_error(self):
+        self._pgcell_dcs_failed_at = time.time()  # pgcell: see update_failsafe
+""", "last DCS failure remembered")
 
 patch("ha.py", """import datetime
 import functools

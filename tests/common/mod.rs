@@ -538,12 +538,18 @@ impl Drop for Deployment {
         for r in self.routers.iter_mut().chain(self.brokers.iter_mut()) {
             r.kill();
         }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+            // Patroni's side of the story, before the containers go.
+            for c in self.containers() {
+                if let Ok(out) = Command::new("docker").args(["logs", "--tail", "150", &c]).output() {
+                    eprintln!("--- {c} (last 150 lines) ---\n{}", String::from_utf8_lossy(&out.stderr));
+                }
+            }
+        }
         let ids = docker_ids(&format!("label=org.pgcell.deployment={}", self.id));
         if !ids.is_empty() {
             let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
-        }
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
         }
     }
 }
