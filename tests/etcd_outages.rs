@@ -14,8 +14,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Patroni's ttl (the plans' default) and the bound the tests hold it to.
+/// Patroni's ttl (the plans' default).
 const TTL: Duration = Duration::from_secs(10);
+/// A hung leader is replaced after its lock expires (at most ttl after it hung)
+/// plus Patroni's probe of its REST API in the leader race (`Ha.fetch_node_status`,
+/// 2 s timeout, which a paused process never answers) plus the promotion: the
+/// same bound as a hung leader with no etcd restart (docs/decisions.md).
+const HUNG_LEADER_BOUND: Duration = Duration::from_secs(13);
 
 /// A writer through the router: one `insert` per psql call, each with a fresh id.
 struct Writer {
@@ -186,9 +191,10 @@ async fn three_member_etcd_each_member_restarted_in_turn_changes_nothing() {
         let i = round % d.etcd.len();
         d.etcd.stop_member(i);
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let started = Instant::now();
         d.etcd.resume_member(i);
         let back = wait_serving(&d, i).await;
-        eprintln!("round {round}: etcd m{i} restarted, serving again after {:.1} s", back.elapsed().as_secs_f64());
+        eprintln!("round {round}: etcd m{i} down 2 s, serving {:.2} s after its start", (back - started).as_secs_f64());
         // Let it catch up before the next member goes: two down would lose the quorum.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -206,13 +212,13 @@ async fn three_member_etcd_each_member_restarted_in_turn_changes_nothing() {
 }
 
 #[tokio::test]
-async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_within_ttl() {
+async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_leader() {
     let mut d = Deployment::start(2).await;
     let (url, mut writer) = ha2_with_writer(&mut d).await;
     let mut took_all = vec![];
     for delay in [2, 6, 15] {
         let leader = wait_failover_candidate(&d, Duration::from_secs(120)).await;
-        let (old_cell, new_cell) = if d.cell_of("1", &leader) == 0 { (0, 1) } else { (1, 0) };
+        let new_cell = 1 - d.cell_of("1", &leader);
         d.etcd.stop();
         tokio::time::sleep(Duration::from_secs(4)).await;
         d.etcd.resume();
@@ -236,8 +242,7 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_within_ttl() {
             took.as_secs_f64()
         );
         assert!(Command::new("docker").args(["unpause", &container]).output().unwrap().status.success());
-        assert!(took <= TTL + Duration::from_secs(1), "no failover within ttl + 1 s: {took:?}");
-        let _ = old_cell;
+        assert!(took <= HUNG_LEADER_BOUND, "no failover within {HUNG_LEADER_BOUND:?}: {took:?}");
     }
     wait_failover_candidate(&d, Duration::from_secs(120)).await;
     writer.stop();
