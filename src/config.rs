@@ -9,19 +9,22 @@ use serde::{Deserialize, Serialize};
 /// The etcd endpoints every subcommand takes, comma-separated.
 pub const ETCD_ENV: &str = "PGCELL_ETCD_ENDPOINTS";
 
-/// Patroni timing, rendered into each member's bootstrap DCS configuration.
+/// Patroni timing and modes, rendered into each member's bootstrap DCS configuration
+/// (so they apply to clusters created afterwards).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PatroniTiming {
     pub ttl: u32,
     pub loop_wait: u32,
     pub retry_timeout: u32,
+    /// Patroni's failsafe mode: primaries ride out an etcd outage (docs/decisions.md).
+    pub failsafe_mode: bool,
 }
 
 impl Default for PatroniTiming {
     fn default() -> Self {
         // Measured on this stack: failover after kill -9 is about ttl.
-        Self { ttl: 10, loop_wait: 1, retry_timeout: 3 }
+        Self { ttl: 10, loop_wait: 1, retry_timeout: 3, failsafe_mode: true }
     }
 }
 

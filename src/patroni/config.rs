@@ -56,7 +56,7 @@ impl MemberConfig<'_> {
                     // On: an etcd outage demotes no primary while every member reaches the
                     // others. The image's patch makes a member that still reaches etcd refuse,
                     // so a leader cut off alone still demotes (docs/decisions.md).
-                    "failsafe_mode": true,
+                    "failsafe_mode": t.failsafe_mode,
                     "postgresql": {
                         "use_pg_rewind": true,
                         "use_slots": true,
