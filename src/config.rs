@@ -349,7 +349,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.name, "a");
         assert_eq!(cfg.capacity, 7);
-        assert_eq!(cfg.patroni, PatroniTiming { ttl: 5, loop_wait: 1, retry_timeout: 3 });
+        assert_eq!(cfg.patroni, PatroniTiming { ttl: 5, ..PatroniTiming::default() });
         assert_eq!(cfg.etcd_endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(cfg.ports().unwrap(), (31000, 31009));
         assert_eq!(cfg.listen_host(), "127.0.0.1");
