@@ -140,8 +140,8 @@ async fn wait_failover_candidate(d: &Deployment, timeout: Duration) -> String {
     .await
 }
 
-async fn ha2_with_writer(d: &mut Deployment) -> (String, Writer) {
-    d.start_router("r1", 35_000).await;
+async fn ha2_with_writer(d: &mut Deployment, grace_ms: u64) -> (String, Writer) {
+    d.start_router("r1", grace_ms).await;
     seed_cluster(d, "1", &[0, 1]).await;
     let url = d.superuser_url("1", d.router_port("1").await).await;
     psql(&url, "create table acked(id bigint primary key)").unwrap();
@@ -152,7 +152,8 @@ async fn ha2_with_writer(d: &mut Deployment) -> (String, Writer) {
 #[tokio::test]
 async fn single_etcd_outages_within_the_bound_restart_nothing_and_fail_no_write() {
     let mut d = Deployment::start(2).await;
-    let (_, mut writer) = ha2_with_writer(&mut d).await;
+    // The default grace: it must cover the bound (30 s) plus etcd's start.
+    let (_, mut writer) = ha2_with_writer(&mut d, 35_000).await;
     let leader = d.leader("1").await.unwrap();
     let before = postmasters(&d).await;
     for secs in [5, 15, 30] {
@@ -183,7 +184,9 @@ async fn single_etcd_outages_within_the_bound_restart_nothing_and_fail_no_write(
 #[tokio::test]
 async fn three_member_etcd_each_member_restarted_in_turn_changes_nothing() {
     let mut d = Deployment::start_with_etcd(2, 3).await;
-    let (_, mut writer) = ha2_with_writer(&mut d).await;
+    // A grace shorter than each member's outage: a router that used one member
+    // alone would refuse; with every endpoint its watches move to another member.
+    let (_, mut writer) = ha2_with_writer(&mut d, 3_000).await;
     let leader = d.leader("1").await.unwrap();
     let before = postmasters(&d).await;
     let t0 = Instant::now();
@@ -216,7 +219,7 @@ async fn three_member_etcd_each_member_restarted_in_turn_changes_nothing() {
 #[tokio::test]
 async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_leader() {
     let mut d = Deployment::start(2).await;
-    let (url, mut writer) = ha2_with_writer(&mut d).await;
+    let (url, mut writer) = ha2_with_writer(&mut d, 35_000).await;
     let mut took_all = vec![];
     for delay in [2, 6, 15] {
         let leader = wait_failover_candidate(&d, Duration::from_secs(120)).await;
