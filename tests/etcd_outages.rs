@@ -246,11 +246,24 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_lead
             "etcd back, leader paused {delay} s later: replica writable {:.2} s after the pause",
             took.as_secs_f64()
         );
+        // Promoted, its old leader hung: no failover candidate, and pgcell says so.
+        let states = d.pgcell(&["states"]);
+        assert!(states.contains("degraded:no-sync-standby"), "{states}");
         assert!(Command::new("docker").args(["unpause", &container]).output().unwrap().status.success());
         assert!(took <= HUNG_LEADER_BOUND, "no failover within {HUNG_LEADER_BOUND:?}: {took:?}");
     }
     wait_failover_candidate(&d, Duration::from_secs(120)).await;
     writer.stop();
+    // Each cell agent measured the windows without a failover candidate: at least
+    // the three after the failovers, closed once the old leader streamed again.
+    let m = common::http::call("GET", &d.cells[0].url("/metrics"), common::http::SEED_AUTH, None).await;
+    let metric = |name: &str| -> u64 {
+        m.text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_default()
+    };
+    let (gaps, gap_ms) = (metric("pgcell_sync_standby_gap_ms_count "), metric("pgcell_sync_standby_gap_ms_sum "));
+    eprintln!("windows without a sync standby seen by cell 0: {gaps}, {gap_ms} ms in all");
+    assert!(gaps >= 3, "{}", m.text);
+    assert!(m.text.contains("pgcell_cluster_health{scope=\"cf-1\",state=\"healthy\"} 1"), "{}", m.text);
     let acked = writer.acked();
     let present: HashSet<i64> =
         psql(&url, "select id from acked").unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
