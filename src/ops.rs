@@ -15,7 +15,9 @@ pub async fn read_clusters(client: &mut Client) -> anyhow::Result<BTreeMap<Strin
     for (k, _) in &ours {
         if let Some((_, id)) = keys::placement_instance(k) {
             let scope = crate::names::scope(id);
-            views.entry(scope.clone()).or_insert_with(|| ClusterView::new(&scope));
+            let view = views.entry(scope.clone()).or_insert_with(|| ClusterView::new(&scope));
+            // Counted from placements: a member whose Patroni key expired still should be there.
+            view.expected_members = Some(view.expected_members.unwrap_or(0) + 1);
         }
     }
     Ok(views)

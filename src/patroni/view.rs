@@ -62,6 +62,9 @@ pub struct ClusterView {
     pub sync_leader: Option<String>,
     /// `synchronous_mode` in Patroni's `/config` (`None` until read).
     pub synchronous_mode: Option<bool>,
+    /// How many members pgcell placed (`None` when the reader does not know): a
+    /// member whose key expired (lost, hung) still counts as one that should be there.
+    pub expected_members: Option<usize>,
     pub members: BTreeMap<String, MemberStatus>,
 }
 
@@ -72,8 +75,9 @@ pub enum Health {
     Healthy,
     /// No running member holds the leader lock.
     NoPrimary,
-    /// Synchronous mode, a replica is running, but Patroni names no synchronous
-    /// standby for the current leader: no member may be promoted if it fails.
+    /// Synchronous mode, a replica is running (or pgcell placed more than one
+    /// member), but Patroni names no synchronous standby for the current leader:
+    /// no member may be promoted if it fails.
     NoSyncStandby,
 }
 
@@ -142,8 +146,12 @@ impl ClusterView {
     pub fn health(&self) -> Health {
         let Some(primary) = self.primary() else { return Health::NoPrimary };
         let replica_running = self.members.values().any(|m| m.name != primary.name && m.state == "running");
+        let replica_placed = self.expected_members.is_some_and(|n| n > 1);
         // pgcell bootstraps every cluster in synchronous mode; until `/config` is read, assume it.
-        if self.synchronous_mode.unwrap_or(true) && replica_running && self.failover_candidate().is_none() {
+        if self.synchronous_mode.unwrap_or(true)
+            && (replica_running || replica_placed)
+            && self.failover_candidate().is_none()
+        {
             return Health::NoSyncStandby;
         }
         Health::Healthy
@@ -220,6 +228,12 @@ mod tests {
         v.apply("members/b", Some(br#"{"state":"starting","role":"replica"}"#));
         assert_eq!(v.health(), Health::Healthy, "no running replica: nothing better to wait for");
         assert!(v.failover_candidate().is_none());
+        v.expected_members = Some(2);
+        assert_eq!(v.health(), Health::NoSyncStandby, "but pgcell placed two members");
+        v.members.remove("b");
+        assert_eq!(v.health(), Health::NoSyncStandby, "the other member's key expired (lost, hung)");
+        v.expected_members = Some(1);
+        assert_eq!(v.health(), Health::Healthy);
         v.apply("members/b", Some(M2));
         v.apply("config", Some(br#"{"synchronous_mode":false}"#));
         v.apply("sync", None);
