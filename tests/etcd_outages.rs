@@ -112,6 +112,11 @@ fn patroni_log_count(d: &Deployment, what: &str) -> usize {
         .sum()
 }
 
+fn docker(args: &[&str]) {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Waits until etcd member `i` serves a (linearizable) read; returns when.
 async fn wait_serving(d: &Deployment, i: usize) -> Instant {
     let endpoint = d.etcd.member_endpoint(i);
@@ -230,7 +235,7 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_lead
         let back = wait_serving(&d, 0).await;
         tokio::time::sleep(Duration::from_secs(delay).saturating_sub(back.elapsed())).await;
         let container = format!("pgcell-{leader}");
-        assert!(Command::new("docker").args(["pause", &container]).output().unwrap().status.success());
+        docker(&["pause", &container]);
         let paused = Instant::now();
         let replica = d.superuser_url("1", d.member_port("1", new_cell).await).await;
         let mut id = 1_000_000_000 * (delay as i64);
@@ -249,7 +254,7 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_lead
         // Promoted, its old leader hung: no failover candidate, and pgcell says so.
         let states = d.pgcell(&["states"]);
         assert!(states.contains("degraded:no-sync-standby"), "{states}");
-        assert!(Command::new("docker").args(["unpause", &container]).output().unwrap().status.success());
+        docker(&["unpause", &container]);
         assert!(took <= HUNG_LEADER_BOUND, "no failover within {HUNG_LEADER_BOUND:?}: {took:?}");
     }
     wait_failover_candidate(&d, Duration::from_secs(120)).await;
