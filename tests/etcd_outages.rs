@@ -151,6 +151,11 @@ async fn ha2_with_writer(d: &mut Deployment, grace_ms: u64) -> (String, Writer) 
     let url = d.superuser_url("1", d.router_port("1").await).await;
     psql(&url, "create table acked(id bigint primary key)").unwrap();
     wait_failover_candidate(d, Duration::from_secs(30)).await;
+    // The image carries pgcell's Patroni patch, so the cluster was created in failsafe mode.
+    let mut c = d.etcd.client().await;
+    let config = c.get("/service/cf-1/config", None).await.unwrap();
+    let config: serde_json::Value = serde_json::from_slice(config.kvs()[0].value()).unwrap();
+    assert_eq!(config["failsafe_mode"], true, "{config}");
     (url.clone(), Writer::start(&url))
 }
 
