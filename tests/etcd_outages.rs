@@ -184,7 +184,7 @@ async fn single_etcd_outages_within_the_bound_restart_nothing_and_fail_no_write(
         );
         assert_eq!(postmasters(&d).await, before, "a postmaster restarted or a new timeline after {secs} s");
         assert_eq!(failed, 0, "writes failed during a {secs} s etcd outage (longest window {longest:?})");
-        assert!(ok > 20, "the writer barely wrote: {ok}");
+        assert!(ok >= 5, "the writer barely wrote: {ok}");
     }
     writer.stop();
     assert_eq!(patroni_log_count(&d, "demoting self"), 0, "a leader demoted itself");
