@@ -59,8 +59,9 @@ struct Deployment {
     id: String,
     dir: tempfile::TempDir,
     bin: PathBuf,
+    /// etcd client endpoints, comma-separated (as `PGCELL_ETCD_ENDPOINTS` takes them).
     etcd: String,
-    etcd_child: Option<Child>,
+    etcd_children: Vec<Child>,
     cells: Vec<(String, u16, Option<Child>)>,
     others: Vec<Child>,
 }
@@ -72,7 +73,7 @@ impl Drop for Deployment {
             .iter_mut()
             .filter_map(|c| c.2.as_mut())
             .chain(self.others.iter_mut())
-            .chain(self.etcd_child.as_mut());
+            .chain(self.etcd_children.iter_mut());
         for c in children {
             let _ = c.kill();
             let _ = c.wait();
@@ -185,33 +186,34 @@ async fn main() -> anyhow::Result<()> {
     }
     let dir = tempfile::Builder::new().prefix("pgcell-local-").tempdir()?;
     let id = format!("local-{}", std::process::id());
-    let mut d = Deployment { id, dir, bin, etcd: String::new(), etcd_child: None, cells: vec![], others: vec![] };
+    let mut d = Deployment { id, dir, bin, etcd: String::new(), etcd_children: vec![], cells: vec![], others: vec![] };
 
     // etcd
     match &args.etcd {
         Some(e) => d.etcd = e.clone(),
         None => {
-            let (client, peer) = (free_port()?, free_port()?);
-            d.etcd = format!("127.0.0.1:{client}");
-            let (c, p) = (format!("http://{}", d.etcd), format!("http://127.0.0.1:{peer}"));
-            let log = std::fs::File::create(d.dir.path().join("etcd.log"))?;
-            let child = Command::new("etcd")
-                .args(["--data-dir", &d.dir.path().join("etcd").display().to_string()])
-                .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-                .args([
-                    "--listen-peer-urls",
-                    &p,
-                    "--initial-advertise-peer-urls",
-                    &p,
-                    "--initial-cluster",
-                    &format!("default={p}"),
-                ])
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("cannot start etcd (run scripts/setup.sh)")?;
-            d.etcd_child = Some(child);
-            say(&format!("etcd on {}", d.etcd));
+            // Three members, as in production: any one can restart without Patroni noticing.
+            let ports: Vec<(u16, u16)> =
+                (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+            let cluster =
+                ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect::<Vec<_>>();
+            for (i, (client, peer)) in ports.iter().enumerate() {
+                let (c, p) = (format!("http://127.0.0.1:{client}"), format!("http://127.0.0.1:{peer}"));
+                let log = std::fs::File::create(d.dir.path().join(format!("etcd-m{i}.log")))?;
+                let child = Command::new("etcd")
+                    .args(["--name", &format!("m{i}")])
+                    .args(["--data-dir", &d.dir.path().join(format!("etcd-m{i}")).display().to_string()])
+                    .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+                    .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+                    .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()
+                    .context("cannot start etcd (run scripts/setup.sh)")?;
+                d.etcd_children.push(child);
+            }
+            d.etcd = ports.iter().map(|(c, _)| format!("127.0.0.1:{c}")).collect::<Vec<_>>().join(",");
+            say(&format!("etcd (3 members) on {}", d.etcd));
         }
     }
 
@@ -253,7 +255,7 @@ async fn main() -> anyhow::Result<()> {
     if args.keep_running {
         let endpoints = json!({
             "broker": {"url": broker_url, "username": BROKER_USER, "password": broker_password},
-            "etcd": [d.etcd],
+            "etcd": d.etcd.split(',').collect::<Vec<_>>(),
             "cells": d.cells.iter().map(|(n, api, _)| json!({"name": n, "api_url": format!("http://127.0.0.1:{api}")})).collect::<Vec<_>>(),
             "routers": [{"host": "127.0.0.1", "http": format!("http://127.0.0.1:{router_http}"), "username": "admin", "password": router_password}],
             "directory": d.dir.path(),

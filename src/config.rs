@@ -9,19 +9,22 @@ use serde::{Deserialize, Serialize};
 /// The etcd endpoints every subcommand takes, comma-separated.
 pub const ETCD_ENV: &str = "PGCELL_ETCD_ENDPOINTS";
 
-/// Patroni timing, rendered into each member's bootstrap DCS configuration.
+/// Patroni timing and modes, rendered into each member's bootstrap DCS configuration
+/// (so they apply to clusters created afterwards).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PatroniTiming {
     pub ttl: u32,
     pub loop_wait: u32,
     pub retry_timeout: u32,
+    /// Patroni's failsafe mode: primaries ride out an etcd outage (docs/decisions.md).
+    pub failsafe_mode: bool,
 }
 
 impl Default for PatroniTiming {
     fn default() -> Self {
         // Measured on this stack: failover after kill -9 is about ttl.
-        Self { ttl: 10, loop_wait: 1, retry_timeout: 3 }
+        Self { ttl: 10, loop_wait: 1, retry_timeout: 3, failsafe_mode: true }
     }
 }
 
@@ -159,7 +162,9 @@ pub struct RouterConfig {
     pub username: String,
     /// Empty: a random password is generated at start, so `/debug` and `/metrics` are never open.
     pub password: String,
-    /// How long the last table is kept while etcd is unreachable; a little under Patroni's ttl.
+    /// How long the last table is kept while etcd is unreachable. It matches the etcd outage
+    /// pgcell rides out (30 s, Patroni's failsafe mode keeps the primaries) plus the time etcd
+    /// needs to elect itself and the watches to resume (docs/decisions.md).
     pub grace_ms: u64,
     /// Threads of the data path.
     pub data_threads: usize,
@@ -177,7 +182,7 @@ impl Default for RouterConfig {
             http_listen: "127.0.0.1:8440".into(),
             username: "admin".into(),
             password: String::new(),
-            grace_ms: 8_000,
+            grace_ms: 35_000,
             data_threads: 2,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             failpoints: false,
@@ -366,7 +371,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.name, "a");
         assert_eq!(cfg.capacity, 7);
-        assert_eq!(cfg.patroni, PatroniTiming { ttl: 5, loop_wait: 1, retry_timeout: 3 });
+        assert_eq!(cfg.patroni, PatroniTiming { ttl: 5, ..PatroniTiming::default() });
         assert_eq!(cfg.etcd_endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(cfg.ports().unwrap(), (31000, 31009));
         assert_eq!(cfg.listen_host(), "127.0.0.1");

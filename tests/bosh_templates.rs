@@ -97,6 +97,7 @@ fn bosh_templates_render_into_valid_configs() {
     assert_eq!((c.advertise_host.as_str(), c.listen_host()), ("10.244.1.11", "10.244.1.11"));
     assert_eq!(c.api_password, r#"pa"ss\word $HOME"#, "quotes and backslashes survive");
     assert_eq!((c.capacity, c.memory_mb, c.patroni.ttl, c.patroni.loop_wait), (7, 512, 15, 1));
+    assert!(c.patroni.failsafe_mode, "on by default");
     assert_eq!(c.data_root, Path::new("/var/vcap/store/pgcell"));
     assert_eq!((c.port_range.as_str(), c.router_port_range.as_str()), ("30000-30999", "40000-40999"));
     assert!(c.drain_on_stop);

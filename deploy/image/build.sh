@@ -63,7 +63,7 @@ tar -C "$root" -c . | docker import \
   --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV LANG=C.UTF-8' \
   --change 'ENTRYPOINT ["/usr/local/bin/pgcell-entrypoint"]' \
-  --change "LABEL org.pgcell.image=postgres org.pgcell.recipe=$version" \
+  --change "LABEL org.pgcell.image=postgres org.pgcell.recipe=$version org.pgcell.patroni-failsafe=1" \
   - "$tag" >/dev/null
 docker tag "$tag" pgcell/postgres:latest
 step "built $tag in $(( $(date +%s) - start ))s ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%d MB", $1/1000000}'))"

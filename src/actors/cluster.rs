@@ -73,6 +73,10 @@ impl StreamHandler<WatchEvent> for ClusterActor {
             }
             tracing::info!(scope = %self.view.scope, leader = ?self.view.leader, "leader changed");
         }
+        // The first event is a full snapshot, so the view is always whole here.
+        let health = self.view.health();
+        let no_sync = health == crate::patroni::Health::NoSyncStandby;
+        crate::metrics::HEALTH.observe(&self.view.scope, health.as_str(), no_sync, std::time::Instant::now());
         self.status.event(ActorState::Following, self.summary());
     }
 }
@@ -99,6 +103,7 @@ impl Handler<StopFollowing> for ClusterActor {
     type Result = ();
 
     fn handle(&mut self, _: StopFollowing, ctx: &mut Context<Self>) {
+        crate::metrics::HEALTH.forget(&self.view.scope);
         ctx.stop();
     }
 }

@@ -189,8 +189,9 @@ impl Broker {
                 .report(op, &format!("leader running on {leader_cell}, {streaming} of {replicas} replicas streaming"))
                 .await;
         }
-        if replicas > 0 && !view.sync_standby.as_deref().is_some_and(|s| members.contains(&s)) {
-            // Until Patroni names a synchronous standby, no replica may be promoted: not HA yet.
+        if replicas > 0 && !view.failover_candidate().is_some_and(|m| members.contains(&m.name.as_str())) {
+            // Until Patroni names a synchronous standby for this leader, no replica may be
+            // promoted: not HA yet.
             return self
                 .report(
                     op,

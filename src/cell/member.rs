@@ -42,6 +42,7 @@ impl CellDeps {
     /// it holds the cluster's passwords).
     pub async fn write_patroni_config(&self, p: &store::Placement) -> anyhow::Result<()> {
         let secrets = store::ensure_secrets(&mut self.etcd.clone(), &p.instance_id).await?;
+        let timing = self.patroni_timing().await;
         let rendered = MemberConfig {
             placement: p,
             secrets: &secrets,
@@ -49,7 +50,7 @@ impl CellDeps {
             etcd_proxies: self.cfg.etcd_proxies,
             advertise_host: &self.cfg.advertise_host,
             listen_host: self.cfg.listen_host(),
-            timing: &self.cfg.patroni,
+            timing: &timing,
             synchronous_mode: true,
         }
         .render();
@@ -65,6 +66,22 @@ impl CellDeps {
         std::io::Write::write_all(&mut f, serde_json::to_string_pretty(&rendered)?.as_bytes())?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
+    }
+
+    /// Patroni's settings for a new member. Failsafe mode only with an image whose
+    /// Patroni carries pgcell's patch: unpatched, a leader cut off from etcd alone
+    /// keeps its replicas from taking over for as long as the cut lasts.
+    async fn patroni_timing(&self) -> crate::config::PatroniTiming {
+        let mut t = self.cfg.patroni.clone();
+        if t.failsafe_mode {
+            let label = docker::image_label(&self.docker, &self.cfg.image, docker::LABEL_FAILSAFE_PATCH).await;
+            if !matches!(label, Ok(Some(_))) {
+                tracing::warn!(image = %self.cfg.image, error = ?label.err(),
+                    "the member image lacks pgcell's failsafe patch: new clusters get failsafe_mode off");
+                t.failsafe_mode = false;
+            }
+        }
+        t
     }
 
     /// Makes the member's container exist and run; returns what it did.

@@ -17,6 +17,9 @@ pub const LABEL_CELL: &str = "org.pgcell.cell";
 pub const LABEL_INSTANCE: &str = "org.pgcell.instance";
 pub const LABEL_SCOPE: &str = "org.pgcell.scope";
 pub const LABEL_MEMBER: &str = "org.pgcell.member";
+/// On the member image when its Patroni carries pgcell's failsafe patch
+/// (deploy/image/patch-patroni.py): failsafe mode is safe only then.
+pub const LABEL_FAILSAFE_PATCH: &str = "org.pgcell.patroni-failsafe";
 
 /// Connects to the local engine and negotiates the API version: bollard speaks
 /// a newer API than the engines found on cells.
@@ -115,6 +118,12 @@ pub async fn create(docker: &Docker, spec: &ContainerSpec) -> anyhow::Result<()>
         .await
         .with_context(|| format!("docker create {} (image {})", spec.name, spec.image))?;
     Ok(())
+}
+
+/// A label of a local image (`None` when the image has no such label).
+pub async fn image_label(docker: &Docker, image: &str, label: &str) -> anyhow::Result<Option<String>> {
+    let inspect = docker.inspect_image(image).await.with_context(|| format!("inspect image {image}"))?;
+    Ok(inspect.config.and_then(|c| c.labels).and_then(|mut l| l.remove(label)))
 }
 
 pub async fn start(docker: &Docker, name: &str) -> anyhow::Result<()> {

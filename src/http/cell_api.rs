@@ -239,5 +239,8 @@ async fn metrics(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResponse,
     }
     kinds.push(("pgcell_cell_containers", "gauge"));
     kinds.push(("pgcell_cell_clusters", "gauge"));
+    let (health, health_kinds) = crate::metrics::HEALTH.samples(std::time::Instant::now());
+    samples.extend(health);
+    kinds.extend(health_kinds);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(render(&samples, &kinds)))
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::etcd::{Client, keys, store};
 use crate::patroni::ClusterView;
-use crate::patroni::view::views_from_kvs;
+use crate::patroni::view::{Health, views_from_kvs};
 
 /// Every cluster pgcell knows (an instance with placements or secrets) or
 /// Patroni knows (keys under `/service/`), by scope.
@@ -17,7 +17,9 @@ pub async fn read_clusters(client: &mut Client) -> anyhow::Result<BTreeMap<Strin
     for (k, _) in &ours {
         if let Some((_, id)) = keys::placement_instance(k) {
             let scope = crate::names::scope(id);
-            views.entry(scope.clone()).or_insert_with(|| ClusterView::new(&scope));
+            let view = views.entry(scope.clone()).or_insert_with(|| ClusterView::new(&scope));
+            // Counted from placements: a member whose Patroni key expired still should be there.
+            view.expected_members = Some(view.expected_members.unwrap_or(0) + 1);
         }
     }
     Ok(views)
@@ -44,6 +46,11 @@ pub fn states(clusters: &BTreeMap<String, ClusterView>) -> Vec<String> {
             let mut line = format!("{} ", v.scope);
             for m in members {
                 line.push_str(&format!("{}/{}/{} ", m.role, m.state, m.host));
+            }
+            // The seed's format for a healthy cluster; a cluster that could not fail over
+            // now says so (no primary is already visible: no master/running entry).
+            if v.health() == Health::NoSyncStandby {
+                line.push_str("degraded:no-sync-standby ");
             }
             line
         })
@@ -176,6 +183,12 @@ mod tests {
             leaders(&c),
             ["cf-1 postgres:// 10.0.0.2 31000 postgres", "Cluster cf-2 not found or leader not available yet"]
         );
-        assert_eq!(states(&c), ["cf-1 master/running/10.0.0.2 replica/running/10.0.0.1 ", "cf-2 "]);
+        assert_eq!(
+            states(&c),
+            ["cf-1 master/running/10.0.0.2 replica/running/10.0.0.1 degraded:no-sync-standby ", "cf-2 "]
+        );
+        let mut c = c;
+        c.get_mut("cf-1").unwrap().apply("sync", Some(br#"{"leader":"cf-1-b","sync_standby":"cf-1-a"}"#));
+        assert_eq!(states(&c)[0], "cf-1 master/running/10.0.0.2 replica/running/10.0.0.1 ");
     }
 }

@@ -53,9 +53,10 @@ impl MemberConfig<'_> {
                     "retry_timeout": t.retry_timeout,
                     "maximum_lag_on_failover": 1_048_576,
                     "synchronous_mode": self.synchronous_mode,
-                    // Off: with it, a leader cut off from etcd alone stays primary and
-                    // blocks the failover (docs/decisions.md).
-                    "failsafe_mode": false,
+                    // On: an etcd outage demotes no primary while every member reaches the
+                    // others. The image's patch makes a member that still reaches etcd refuse,
+                    // so a leader cut off alone still demotes (docs/decisions.md).
+                    "failsafe_mode": t.failsafe_mode,
                     "postgresql": {
                         "use_pg_rewind": true,
                         "use_slots": true,
@@ -125,7 +126,7 @@ mod tests {
         assert_eq!(v["restapi"]["connect_address"], "10.0.0.5:30001");
         assert_eq!(v["bootstrap"]["dcs"]["ttl"], 10);
         assert_eq!(v["bootstrap"]["dcs"]["synchronous_mode"], true);
-        assert_eq!(v["bootstrap"]["dcs"]["failsafe_mode"], false);
+        assert_eq!(v["bootstrap"]["dcs"]["failsafe_mode"], true);
         assert_eq!(v["bootstrap"]["dcs"]["postgresql"]["use_pg_rewind"], true);
         assert_eq!(v["postgresql"]["authentication"]["superuser"]["password"], s.superuser.as_str());
         let hba: Vec<&str> =

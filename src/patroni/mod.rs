@@ -4,7 +4,7 @@
 pub mod config;
 pub mod view;
 
-pub use view::{ClusterView, MemberStatus};
+pub use view::{ClusterView, Health, MemberStatus};
 pub mod rest;
 
 use crate::etcd::{Client, keys, store};

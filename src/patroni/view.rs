@@ -56,7 +56,39 @@ pub struct ClusterView {
     pub leader: Option<String>,
     /// The standby Patroni's `/sync` key names: the only one it may promote in synchronous mode.
     pub sync_standby: Option<String>,
+    /// The leader the `/sync` key was written by: after a promotion it names the new
+    /// leader with no standby until one streams in sync, and a key left by an older
+    /// leader says nothing about the current one.
+    pub sync_leader: Option<String>,
+    /// `synchronous_mode` in Patroni's `/config` (`None` until read).
+    pub synchronous_mode: Option<bool>,
+    /// How many members pgcell placed (`None` when the reader does not know): a
+    /// member whose key expired (lost, hung) still counts as one that should be there.
+    pub expected_members: Option<usize>,
     pub members: BTreeMap<String, MemberStatus>,
+}
+
+/// Whether a cluster can lose its primary without losing its service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    /// No running member holds the leader lock.
+    NoPrimary,
+    /// Synchronous mode, a replica is running (or pgcell placed more than one
+    /// member), but Patroni names no synchronous standby for the current leader:
+    /// no member may be promoted if it fails.
+    NoSyncStandby,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::NoPrimary => "no_primary",
+            Self::NoSyncStandby => "no_sync_standby",
+        }
+    }
 }
 
 impl ClusterView {
@@ -69,9 +101,13 @@ impl ClusterView {
         if rel_key == "leader" {
             self.leader = value.map(|v| String::from_utf8_lossy(v).into_owned());
         } else if rel_key == "sync" {
-            self.sync_standby = value
+            let v = value.and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok());
+            self.sync_standby = v.as_ref().and_then(|v| v["sync_standby"].as_str().map(String::from));
+            self.sync_leader = v.as_ref().and_then(|v| v["leader"].as_str().map(String::from));
+        } else if rel_key == "config" {
+            self.synchronous_mode = value
                 .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-                .and_then(|v| v["sync_standby"].as_str().map(String::from));
+                .map(|v| v["synchronous_mode"].as_bool().unwrap_or(false));
         } else if let Some(name) = rel_key.strip_prefix("members/") {
             match value.and_then(|v| MemberStatus::parse(name, v)) {
                 Some(m) => {
@@ -96,6 +132,29 @@ impl ClusterView {
     /// write that arrives while the promotion finishes fails and is retried.
     pub fn primary(&self) -> Option<&MemberStatus> {
         self.leader_member().filter(|m| m.state == "running")
+    }
+
+    /// The member Patroni would promote if the leader failed now: the synchronous
+    /// standby named for the current leader, registered and running.
+    pub fn failover_candidate(&self) -> Option<&MemberStatus> {
+        if self.sync_leader.is_none() || self.sync_leader != self.leader {
+            return None;
+        }
+        self.members.get(self.sync_standby.as_deref()?).filter(|m| m.state == "running")
+    }
+
+    pub fn health(&self) -> Health {
+        let Some(primary) = self.primary() else { return Health::NoPrimary };
+        let replica_running = self.members.values().any(|m| m.name != primary.name && m.state == "running");
+        let replica_placed = self.expected_members.is_some_and(|n| n > 1);
+        // pgcell bootstraps every cluster in synchronous mode; until `/config` is read, assume it.
+        if self.synchronous_mode.unwrap_or(true)
+            && (replica_running || replica_placed)
+            && self.failover_candidate().is_none()
+        {
+            return Health::NoSyncStandby;
+        }
+        Health::Healthy
     }
 }
 
@@ -145,6 +204,40 @@ mod tests {
         assert_eq!(v.sync_standby.as_deref(), Some("b"));
         v.apply("sync", Some(br#"{"leader":"a","sync_standby":null}"#));
         assert_eq!(v.sync_standby, None);
+    }
+
+    #[test]
+    fn a_missing_or_stale_sync_standby_is_degraded() {
+        let mut v = ClusterView::new("cf-1");
+        v.apply("members/a", Some(M1));
+        assert_eq!(v.health(), Health::NoPrimary);
+        v.apply("leader", Some(b"a"));
+        assert_eq!(v.health(), Health::Healthy, "a single member has nothing to wait for");
+        v.apply("members/b", Some(M2));
+        assert_eq!(v.health(), Health::NoSyncStandby, "no sync key yet");
+        v.apply("sync", Some(br#"{"leader":"a","sync_standby":"b"}"#));
+        assert_eq!(v.health(), Health::Healthy);
+        assert_eq!(v.failover_candidate().map(|m| m.name.as_str()), Some("b"));
+        // Right after a promotion Patroni writes the new leader with no standby.
+        v.apply("sync", Some(br#"{"leader":"a","sync_standby":null}"#));
+        assert_eq!(v.health(), Health::NoSyncStandby);
+        // A key written by another leader says nothing about this one.
+        v.apply("sync", Some(br#"{"leader":"b","sync_standby":"b"}"#));
+        assert_eq!(v.health(), Health::NoSyncStandby);
+        v.apply("sync", Some(br#"{"leader":"a","sync_standby":"b"}"#));
+        v.apply("members/b", Some(br#"{"state":"starting","role":"replica"}"#));
+        assert_eq!(v.health(), Health::Healthy, "no running replica: nothing better to wait for");
+        assert!(v.failover_candidate().is_none());
+        v.expected_members = Some(2);
+        assert_eq!(v.health(), Health::NoSyncStandby, "but pgcell placed two members");
+        v.members.remove("b");
+        assert_eq!(v.health(), Health::NoSyncStandby, "the other member's key expired (lost, hung)");
+        v.expected_members = Some(1);
+        assert_eq!(v.health(), Health::Healthy);
+        v.apply("members/b", Some(M2));
+        v.apply("config", Some(br#"{"synchronous_mode":false}"#));
+        v.apply("sync", None);
+        assert_eq!(v.health(), Health::Healthy, "asynchronous clusters have no sync key");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! processes by PID, containers by their deployment label, data in a temp dir.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod http;
 pub mod inproc;
+
+pub use etcd::Etcd;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -57,89 +60,6 @@ where
         }
         assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-pub struct Etcd {
-    child: Option<Child>,
-    pub endpoint: String,
-    peer: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("127.0.0.1:{client}");
-        let mut etcd = Self { child: None, endpoint, peer, dir };
-        etcd.spawn();
-        etcd
-    }
-
-    /// Sends a signal to etcd (`STOP` freezes it, `CONT` thaws it).
-    pub fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("etcd running").id().to_string();
-        assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
-    }
-
-    /// Stops etcd (SIGKILL); its data stays for `resume`.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts etcd again on the same ports and data.
-    pub fn resume(&mut self) {
-        assert!(self.child.is_none());
-        self.spawn();
-    }
-
-    fn spawn(&mut self) {
-        let peer = self.peer;
-        let client_url = format!("http://{}", self.endpoint);
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
-            .args(["--data-dir", &self.dir.path().join("data").display().to_string()])
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("etcd must be installed (scripts/setup.sh)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&self.endpoint).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([&self.endpoint], None).await.unwrap()
-    }
-
-    /// Every key and value under `/` (for "nothing changed" checks).
-    pub async fn dump(&self, prefix: &str) -> Vec<(String, String)> {
-        let mut c = self.client().await;
-        let resp = c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
-        resp.kvs()
-            .iter()
-            .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap_or("").to_string()))
-            .collect()
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -287,9 +207,14 @@ impl Daemon {
 
 impl Deployment {
     pub async fn start(cells: usize) -> Self {
+        Self::start_with_etcd(cells, 1).await
+    }
+
+    /// A deployment on an etcd cluster of `members`; every daemon gets every endpoint.
+    pub async fn start_with_etcd(cells: usize, members: usize) -> Self {
         let id = format!("t{}-{}", std::process::id(), free_port());
         let tmp = tempfile::tempdir().unwrap();
-        let etcd = Etcd::start();
+        let etcd = Etcd::cluster(members);
         let router_ports = port_block();
         let mut d = Self { id, etcd, cells: vec![], routers: vec![], brokers: vec![], router_ports, tmp };
         for i in 0..cells {
@@ -313,7 +238,7 @@ impl Deployment {
             ("PGCELL_API_LISTEN", format!("127.0.0.1:{api_port}")),
             ("PGCELL_PORT_RANGE", format!("{}-{}", ports.0, ports.1)),
             ("PGCELL_DATA_ROOT", data_root.display().to_string()),
-            ("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoint.clone()),
+            ("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoints()),
             ("PGCELL_MEMORY_MB", "512".to_string()),
             ("PGCELL_IMAGE", image().to_string()),
             ("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1)),
@@ -352,7 +277,7 @@ impl Deployment {
             .arg(subcommand)
             .env("PGCELL_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
             .env("PGCELL_BROKER_LISTEN", format!("127.0.0.1:{http_port}"))
-            .env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint)
+            .env("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoints())
             .env("PGCELL_LOG", "info,pgcell=debug")
             // Last, so a daemon can be given e.g. its own way to etcd.
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -445,7 +370,7 @@ impl Deployment {
     /// `pgcell <args>` against this deployment's etcd.
     pub fn pgcell(&self, args: &[&str]) -> String {
         let out =
-            Command::new(pgcell_bin()).args(args).env("PGCELL_ETCD_ENDPOINTS", &self.etcd.endpoint).output().unwrap();
+            Command::new(pgcell_bin()).args(args).env("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoints()).output().unwrap();
         assert!(out.status.success(), "pgcell {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
@@ -487,12 +412,18 @@ impl Drop for Deployment {
         for r in self.routers.iter_mut().chain(self.brokers.iter_mut()) {
             r.kill();
         }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+            // Patroni's side of the story, before the containers go.
+            for c in self.containers() {
+                if let Ok(out) = Command::new("docker").args(["logs", "--tail", "150", &c]).output() {
+                    eprintln!("--- {c} (last 150 lines) ---\n{}", String::from_utf8_lossy(&out.stderr));
+                }
+            }
+        }
         let ids = docker_ids(&format!("label=org.pgcell.deployment={}", self.id));
         if !ids.is_empty() {
             let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
-        }
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
         }
     }
 }
