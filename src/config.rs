@@ -161,6 +161,10 @@ pub struct RouterConfig {
     pub password: String,
     /// How long the last table is kept while etcd is unreachable; a little under Patroni's ttl.
     pub grace_ms: u64,
+    /// Longest time new connections are held while a new lock holder finishes
+    /// its promotion (until its Patroni says it is writable); then they go to
+    /// it anyway. 0 routes to the lock holder at once.
+    pub promote_wait_ms: u64,
     /// Threads of the data path.
     pub data_threads: usize,
     pub etcd_endpoints: Vec<String>,
@@ -178,6 +182,7 @@ impl Default for RouterConfig {
             username: "admin".into(),
             password: String::new(),
             grace_ms: 8_000,
+            promote_wait_ms: 5_000,
             data_threads: 2,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             failpoints: false,
@@ -193,6 +198,7 @@ const ROUTER_ENV: &[(&str, &str)] = &[
     ("PGCELL_USERNAME", "username"),
     ("PGCELL_PASSWORD", "password"),
     ("PGCELL_GRACE_MS", "grace_ms"),
+    ("PGCELL_PROMOTE_WAIT_MS", "promote_wait_ms"),
     ("PGCELL_DATA_THREADS", "data_threads"),
     ("PGCELL_FAILPOINTS", "failpoints"),
     (ETCD_ENV, "etcd_endpoints"),
