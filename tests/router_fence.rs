@@ -141,3 +141,52 @@ async fn sessions_opened_during_a_paused_leader_failover_never_reach_a_member_in
     let log = d.routers[0].log();
     assert!(log.contains("lock holder writable: routing to it"), "confirmed by Patroni's REST, not by the bound");
 }
+
+/// What Patroni 3.0.2's `GET /primary` says while the new lock holder
+/// promotes, sampled every 10 ms next to `pg_is_in_recovery()` on a session
+/// held open on that member (evidence for docs/decisions.md, "Router
+/// behaviour"). Prints the timeline; asserts only what the router relies on:
+/// once the body's role says `master`, the member is out of recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "an observation, not a check: run by hand"]
+async fn patroni_primary_endpoint_mid_promotion() {
+    let mut d = Deployment::start(2).await;
+    d.start_router("r1", 8000).await;
+    seed_cluster(&d, "1", &[0, 1]).await;
+    let b_pg = d.superuser_url("1", d.cells[1].ports.0).await;
+    let b_api = format!("http://127.0.0.1:{}/primary", d.cells[1].ports.0 + 1);
+    let (client, conn) = pg_config(&b_pg).connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let container = format!("pgcell-cf-1-{}", d.cells[0].name);
+    assert!(Command::new("docker").args(["pause", &container]).output().unwrap().status.success());
+    let t0 = Instant::now();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
+    let mut last = (0u16, String::new(), true);
+    let mut seen_200_in_recovery = false;
+    while t0.elapsed() < Duration::from_secs(40) {
+        let (status, role) = match http.get(&b_api).send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                (status, body["role"].as_str().unwrap_or("").to_string())
+            }
+            Err(_) => (0, String::new()),
+        };
+        let in_recovery: bool = client.query_one("select pg_is_in_recovery()", &[]).await.unwrap().get(0);
+        if role == "master" {
+            assert!(!in_recovery, "Patroni said master while the member was in recovery");
+        }
+        seen_200_in_recovery |= status == 200 && in_recovery;
+        let now = (status, role, in_recovery);
+        if now != last {
+            eprintln!("{:>8.3}s GET /primary {} role {:?}; pg_is_in_recovery() {}", t0.elapsed().as_secs_f64(), now.0, now.1, now.2);
+            last = now;
+        }
+        if !last.2 && last.0 == 200 && last.1 == "master" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("GET /primary answered 200 while the member was still in recovery: {seen_200_in_recovery}");
+    assert!(Command::new("docker").args(["unpause", &container]).output().unwrap().status.success());
+}
