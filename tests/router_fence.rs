@@ -179,7 +179,13 @@ async fn patroni_primary_endpoint_mid_promotion() {
         seen_200_in_recovery |= status == 200 && in_recovery;
         let now = (status, role, in_recovery);
         if now != last {
-            eprintln!("{:>8.3}s GET /primary {} role {:?}; pg_is_in_recovery() {}", t0.elapsed().as_secs_f64(), now.0, now.1, now.2);
+            eprintln!(
+                "{:>8.3}s GET /primary {} role {:?}; pg_is_in_recovery() {}",
+                t0.elapsed().as_secs_f64(),
+                now.0,
+                now.1,
+                now.2
+            );
             last = now;
         }
         if !last.2 && last.0 == 200 && last.1 == "master" {

@@ -42,6 +42,7 @@ use serde_json::Value;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 mod report;
+mod sessions;
 #[path = "../support/mod.rs"]
 mod support;
 use report::{print_table, report, sh};
@@ -81,10 +82,22 @@ impl Scenario {
 struct Args {
     trials: usize,
     only: Vec<Scenario>,
+    /// Open a session through the router every 20 ms during each trial.
+    sessions: bool,
+    /// The router's `promote_wait_ms` (its default when not given).
+    promote_wait_ms: Option<u64>,
+    /// Where the report goes (default `docs/bench-failover-latest.md`).
+    out: Option<PathBuf>,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { trials: 5, only: vec![Scenario::Hard, Scenario::Crash, Scenario::Drain] };
+    let mut a = Args {
+        trials: 5,
+        only: vec![Scenario::Hard, Scenario::Crash, Scenario::Drain],
+        sessions: false,
+        promote_wait_ms: None,
+        out: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -104,11 +117,20 @@ fn args() -> anyhow::Result<Args> {
                     })
                     .collect::<anyhow::Result<_>>()?;
             }
+            "--sessions" => a.sessions = true,
+            "--promote-wait-ms" => {
+                let n = it.next().context("--promote-wait-ms needs a number")?;
+                a.promote_wait_ms = Some(n.parse().with_context(|| format!("bad --promote-wait-ms {n:?}"))?);
+            }
+            "--out" => a.out = Some(it.next().context("--out needs a path")?.into()),
             "-h" | "--help" => {
                 println!(
                     "failover_bench: failover and drain timings through the router, with durability checks\n\n\
                      --trials N                  trials per scenario (default 5)\n\
-                     --only hard,crash,drain     run only these scenarios"
+                     --only hard,crash,drain     run only these scenarios\n\
+                     --sessions                  also open a session through the router every 20 ms, count those on a member in recovery\n\
+                     --promote-wait-ms N         the router's promote_wait_ms (0: no hold; default: the router's)\n\
+                     --out PATH                  the report (default docs/bench-failover-latest.md)"
                 );
                 std::process::exit(0);
             }
@@ -137,6 +159,8 @@ struct Bench {
     cells: Vec<Cell>,
     router_ports: (u16, u16),
     router: Option<Child>,
+    /// The router's HTTP port (metrics).
+    router_http: u16,
     /// Set once the run went wrong: the logs' tails are printed on drop.
     failed: bool,
 }
@@ -528,6 +552,8 @@ struct Trial {
     acked: usize,
     lost: usize,
     failed_attempts: u64,
+    /// `--sessions`: what the sessions opened every 20 ms met.
+    sessions: Option<sessions::Counts>,
 }
 
 struct Outcome {
@@ -629,13 +655,25 @@ impl Drop for StopOnDrop {
     }
 }
 
-async fn run_trial(b: &mut Bench, s: Scenario, trial: i32, router_port: u16, password: &str) -> anyhow::Result<Trial> {
+async fn run_trial(
+    b: &mut Bench,
+    s: Scenario,
+    trial: i32,
+    router_port: u16,
+    password: &str,
+    with_sessions: bool,
+) -> anyhow::Result<Trial> {
     let h = wait_healthy(b, router_port, password, Duration::from_secs(180)).await?;
     let old_member = h.leader.clone();
     // The two members are on cells 0 and 1; the other one is the synchronous standby.
     let other_cell = 1 - h.leader_cell;
     let other_port = b.cells[other_cell].ports.0;
     let writer = Writer::start(router_port, password, trial);
+    let held_before = (
+        sessions::router_counter(b.router_http, ROUTER_PASSWORD, "pgcell_router_connections_held_total").await?,
+        sessions::router_counter(b.router_http, ROUTER_PASSWORD, "pgcell_router_holds_expired_total").await?,
+    );
+    let opener = with_sessions.then(|| sessions::Opener::start(pg_config(router_port, password), trial));
     let etcd = b.etcd_client().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
@@ -677,6 +715,17 @@ async fn run_trial(b: &mut Bench, s: Scenario, trial: i32, router_port: u16, pas
     // Keep writing a little on the new primary, then stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = writer.finish().await?;
+    if let Some(opener) = opener {
+        let mut c = opener.finish().await?;
+        let (held, expired) = held_before;
+        c.held = sessions::router_counter(b.router_http, ROUTER_PASSWORD, "pgcell_router_connections_held_total")
+            .await?
+            - held;
+        c.holds_expired = sessions::router_counter(b.router_http, ROUTER_PASSWORD, "pgcell_router_holds_expired_total")
+            .await?
+            - expired;
+        t.sessions = Some(c);
+    }
     t.longest_pause = Some(longest_gap(&log.acks));
     t.acked = log.acks.len();
     t.failed_attempts = log.failures;
@@ -720,6 +769,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         cells: vec![],
         router_ports,
         router: None,
+        router_http: 0,
         failed: true,
     };
 
@@ -764,9 +814,14 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
 
     // Router
     let (http, _) = free_block(1, &mut taken)?;
+    b.router_http = http;
     let (out, err) = b.log_file("router")?;
+    let mut router = Command::new(&b.bin);
+    if let Some(ms) = args.promote_wait_ms {
+        router.env("PGCELL_PROMOTE_WAIT_MS", ms.to_string());
+    }
     b.router = Some(
-        Command::new(&b.bin)
+        router
             .arg("router")
             .env("PGCELL_ROUTER_NAME", format!("{id}-r"))
             .env("PGCELL_HTTP_LISTEN", format!("{LOOPBACK}:{http}"))
@@ -804,7 +859,8 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     scalar(
         router_port,
         &password,
-        "create table bench(trial int, id bigint, at timestamptz default now(), primary key (trial, id)) ; select 1",
+        "create table bench(trial int, id bigint, at timestamptz default now(), primary key (trial, id)); \
+         create table bench_sessions(trial int, id bigint, primary key (trial, id)); select 1",
     )
     .await?;
 
@@ -814,7 +870,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         for k in 0..args.trials {
             let trial = (si * 1000 + k + 1) as i32;
             progress(format!("{}: trial {}/{}", s.title(), k + 1, args.trials));
-            match run_trial(&mut b, s, trial, router_port, &password).await {
+            match run_trial(&mut b, s, trial, router_port, &password, args.sessions).await {
                 Ok(t) => {
                     let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
                     progress(format!(
@@ -830,6 +886,12 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
                         t.acked,
                         t.lost
                     ));
+                    if let Some(c) = t.sessions {
+                        progress(format!(
+                            "  sessions: {} opened, {} connected, {} in recovery, {} read-only, {} held by the router",
+                            c.opened, c.connected, c.in_recovery, c.read_only, c.held
+                        ));
+                    }
                     o.trials.push(t);
                 }
                 Err(e) => {
@@ -845,7 +907,8 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     let (md, ok) = report(&outcomes, args, &started, t_start.elapsed());
     println!();
     print_table(&md);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench-failover-latest.md");
+    let path =
+        args.out.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench-failover-latest.md"));
     std::fs::write(&path, &md).with_context(|| format!("cannot write {}", path.display()))?;
     progress(format!("wrote {}", path.display()));
     b.failed = outcomes.iter().any(|o| o.error.is_some());

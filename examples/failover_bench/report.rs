@@ -135,8 +135,12 @@ pub fn report(outcomes: &[Outcome], args: &Args, started: &str, elapsed: Duratio
     );
     let mut md = String::new();
     md.push_str("# Failover benchmark: latest run\n\n");
-    md.push_str("Written by `cargo run --release --example failover_bench`");
-    md.push_str(&format!(" (`--trials {}`); see `docs/bench-failover.md`.\n\n", args.trials));
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    md.push_str(&format!(
+        "Written by `cargo run {}--example failover_bench -- {}`; see `docs/bench-failover.md`.\n\n",
+        if cfg!(debug_assertions) { "" } else { "--release " },
+        argv.join(" ")
+    ));
     md.push_str(&format!("- started {started}, took {:.0} s\n", elapsed.as_secs_f64()));
     md.push_str(&format!("- machine: {machine}; other work may have run concurrently\n"));
     md.push_str("- Patroni 3.0.2, etcd 3.4, ttl 10, loop_wait 1, retry_timeout 3, synchronous_mode on, 2 members\n\n");
@@ -178,6 +182,22 @@ pub fn report(outcomes: &[Outcome], args: &Args, started: &str, elapsed: Duratio
             col(|t| t.drain_exit),
             col(|t| t.first_write),
         ));
+    }
+    if outcomes.iter().any(|o| o.trials.iter().any(|t| t.sessions.is_some())) {
+        let rows: Vec<(&str, usize, super::sessions::Counts)> = outcomes
+            .iter()
+            .map(|o| {
+                let mut sum = super::sessions::Counts::default();
+                for c in o.trials.iter().filter_map(|t| t.sessions) {
+                    sum += c;
+                }
+                (o.scenario.title(), o.trials.len(), sum)
+            })
+            .collect();
+        let wait = args.promote_wait_ms.map_or_else(|| "default".to_string(), |ms| ms.to_string());
+        let (table, sessions_ok) = super::sessions::table(&rows, &wait);
+        md.push_str(&table);
+        ok &= sessions_ok;
     }
     let errors: Vec<String> =
         outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("- {}: {e}\n", o.scenario.title()))).collect();
@@ -223,4 +243,3 @@ pub fn print_table(md: &str) {
     }
     flush(&mut table);
 }
-

@@ -32,8 +32,13 @@ pub enum Target {
     Refuse,
     /// The lock holder is promoting: wait for `Ready`, but not past `until`
     /// (then connect to `addr` anyway).
-    Hold { addr: String, until: Instant },
-    Ready { addr: String },
+    Hold {
+        addr: String,
+        until: Instant,
+    },
+    Ready {
+        addr: String,
+    },
 }
 
 impl Target {
@@ -122,7 +127,8 @@ impl PromoteGate {
             return (ready, stop.or(probe));
         }
         if !std::mem::replace(probing, true) {
-            probe = Some(Probe::Start { instance: instance.into(), member: l.member.clone(), api_url: l.api_url.clone() });
+            probe =
+                Some(Probe::Start { instance: instance.into(), member: l.member.clone(), api_url: l.api_url.clone() });
         }
         (Target::Hold { addr: l.addr.clone(), until }, probe)
     }

@@ -117,16 +117,16 @@ fn a_new_lock_holder_mid_hold_restarts_the_wait_and_the_probe() {
     assert_eq!(p, start("a"), "replaces b's probe");
     assert!(!g.confirmed("1", "b"));
     // Another instance is independent.
-    assert_eq!(g.target("2", Some(&leader("a", true)), ms(t0, 2000)).0, Target::Ready { addr: "127.0.0.1:30000".into() });
+    assert_eq!(
+        g.target("2", Some(&leader("a", true)), ms(t0, 2000)).0,
+        Target::Ready { addr: "127.0.0.1:30000".into() }
+    );
 }
 
 #[test]
 fn wait_zero_is_the_old_behaviour() {
     let mut g = PromoteGate::new(Duration::ZERO);
     let t0 = Instant::now();
-    assert_eq!(
-        g.target("1", Some(&leader("b", false)), t0),
-        (Target::Ready { addr: "127.0.0.1:30002".into() }, None)
-    );
+    assert_eq!(g.target("1", Some(&leader("b", false)), t0), (Target::Ready { addr: "127.0.0.1:30002".into() }, None));
     assert_eq!(g.target("1", None, t0), (Target::Refuse, None));
 }
