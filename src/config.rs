@@ -357,6 +357,20 @@ mod tests {
     }
 
     #[test]
+    fn router_promote_wait_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, "promote_wait_ms = 2500\n").unwrap();
+        let none = |_: &str| None;
+        let cfg: RouterConfig = load_layered(Some(&path), ROUTER_ENV, &none).unwrap();
+        assert_eq!(cfg.promote_wait_ms, 2500);
+        let off = |k: &str| (k == "PGCELL_PROMOTE_WAIT_MS").then(|| "0".to_string());
+        let cfg: RouterConfig = load_layered(Some(&path), ROUTER_ENV, &off).unwrap();
+        assert_eq!(cfg.promote_wait_ms, 0, "the environment wins");
+        assert_eq!(RouterConfig::default().promote_wait_ms, 5000);
+    }
+
+    #[test]
     fn bad_config_is_explained() {
         let err = load("name = \"a/b\"", &[]).unwrap_err().to_string();
         assert!(err.contains("not a safe name"), "{err}");
