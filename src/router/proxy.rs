@@ -183,3 +183,46 @@ async fn released(rx: &mut watch::Receiver<Target>, stats: &Stats) -> Option<Str
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn hold(ms: u64) -> Target {
+        Target::Hold { addr: "b:1".into(), until: Instant::now() + Duration::from_millis(ms) }
+    }
+
+    #[tokio::test]
+    async fn a_held_connection_goes_when_the_route_is_ready() {
+        let (tx, mut rx) = watch::channel(hold(10_000));
+        let stats = Stats::default();
+        let t0 = Instant::now();
+        let wait = tokio::spawn(async move { (released(&mut rx, &stats).await, stats.held.load(Relaxed)) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send_replace(Target::Ready { addr: "b:1".into() });
+        assert_eq!(wait.await.unwrap(), (Some("b:1".into()), 1));
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn the_data_path_bounds_the_hold_by_itself() {
+        // The table actor is stuck: nothing is ever published again.
+        let (_tx, mut rx) = watch::channel(hold(100));
+        let t0 = Instant::now();
+        assert_eq!(released(&mut rx, &Stats::default()).await, Some("b:1".into()));
+        assert!(t0.elapsed() >= Duration::from_millis(100) && t0.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_held_connection_is_refused_when_the_leader_goes() {
+        let (tx, mut rx) = watch::channel(hold(10_000));
+        let wait = tokio::spawn(async move { released(&mut rx, &Stats::default()).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.send_replace(Target::Refuse);
+        assert_eq!(wait.await.unwrap(), None);
+        let (tx, mut rx) = watch::channel(hold(10_000));
+        drop(tx);
+        assert_eq!(released(&mut rx, &Stats::default()).await, None, "the port is gone");
+    }
+}
