@@ -24,9 +24,10 @@ use crate::router::gate::{Probe, PromoteGate, Target};
 use crate::router::proxy::{self, PortEntry, PortState, Stats, Table};
 use crate::router::table::{Affected, Route, RoutingTable};
 
-/// How often a promoting lock holder's Patroni is asked: a promotion takes a
-/// few hundred milliseconds here, and each probe is one small local request.
-const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// How often a promoting lock holder's Patroni is asked: every write waits for
+/// the answer, a promotion takes 150–400 ms here, and a probe is one small
+/// request (Patroni runs one query for it), for those few hundred ms only.
+const PROBE_EVERY: Duration = Duration::from_millis(25);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
