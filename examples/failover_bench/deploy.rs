@@ -82,12 +82,14 @@ pub fn port_free(p: u16) -> bool {
     std::net::TcpListener::bind((LOOPBACK, p)).is_ok()
 }
 
-/// A block of `n` ports that nobody listens on, below the ephemeral range and
-/// apart from the blocks already taken.
+/// A block of `n` ports that nobody listens on, below the ephemeral range
+/// (Linux: from 32768; the sessions of `--sessions` use thousands of ephemeral
+/// ports, and a restarted agent once found its API port taken by one) and
+/// below the tests' blocks (20000 up), apart from the blocks already taken.
 pub fn free_block(n: u16, taken: &mut Vec<(u16, u16)>) -> anyhow::Result<(u16, u16)> {
     let seed = (std::process::id() % 97) as u16;
     for k in 0..300u16 {
-        let base = 31000 + ((seed * 37 + k * 41) % 250) * 32;
+        let base = 10000 + ((seed * 37 + k * 41) % 300) * 32;
         let block = (base, base + n - 1);
         if taken.iter().any(|t| block.0 <= t.1 && t.0 <= block.1) {
             continue;
