@@ -104,7 +104,8 @@ async fn sessions_opened_during_a_paused_leader_failover_never_reach_a_member_in
     let opener = open_sessions(&url, Arc::clone(&stop));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let container = format!("pgcell-cf-1-{}", d.cells[0].name);
-    assert!(Command::new("docker").args(["pause", &container]).output().unwrap().status.success());
+    let out = Command::new("docker").args(["pause", &container]).output().unwrap();
+    assert!(out.status.success(), "docker pause: {}", String::from_utf8_lossy(&out.stderr));
     let t0 = Instant::now();
     let leader = wait_for("a new leader", Duration::from_secs(40), || async {
         d.leader("1").await.filter(|l| *l == format!("cf-1-{}", d.cells[1].name))
