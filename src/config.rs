@@ -166,6 +166,10 @@ pub struct RouterConfig {
     /// pgcell rides out (30 s, Patroni's failsafe mode keeps the primaries) plus the time etcd
     /// needs to elect itself and the watches to resume (docs/decisions.md).
     pub grace_ms: u64,
+    /// Longest time new connections are held while a new lock holder finishes
+    /// its promotion (until its Patroni says it is writable); then they go to
+    /// it anyway. 0 routes to the lock holder at once.
+    pub promote_wait_ms: u64,
     /// Threads of the data path.
     pub data_threads: usize,
     pub etcd_endpoints: Vec<String>,
@@ -183,6 +187,7 @@ impl Default for RouterConfig {
             username: "admin".into(),
             password: String::new(),
             grace_ms: 35_000,
+            promote_wait_ms: 5_000,
             data_threads: 2,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             failpoints: false,
@@ -198,6 +203,7 @@ const ROUTER_ENV: &[(&str, &str)] = &[
     ("PGCELL_USERNAME", "username"),
     ("PGCELL_PASSWORD", "password"),
     ("PGCELL_GRACE_MS", "grace_ms"),
+    ("PGCELL_PROMOTE_WAIT_MS", "promote_wait_ms"),
     ("PGCELL_DATA_THREADS", "data_threads"),
     ("PGCELL_FAILPOINTS", "failpoints"),
     (ETCD_ENV, "etcd_endpoints"),
@@ -392,6 +398,20 @@ mod tests {
             .collect();
         let b: BrokerConfig = load_layered(None, BROKER_ENV, &|k| env.get(k).cloned()).unwrap();
         assert_eq!((b.password.as_str(), b.name.as_str()), ("42", "7"));
+    }
+
+    #[test]
+    fn router_promote_wait_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, "promote_wait_ms = 2500\n").unwrap();
+        let none = |_: &str| None;
+        let cfg: RouterConfig = load_layered(Some(&path), ROUTER_ENV, &none).unwrap();
+        assert_eq!(cfg.promote_wait_ms, 2500);
+        let off = |k: &str| (k == "PGCELL_PROMOTE_WAIT_MS").then(|| "0".to_string());
+        let cfg: RouterConfig = load_layered(Some(&path), ROUTER_ENV, &off).unwrap();
+        assert_eq!(cfg.promote_wait_ms, 0, "the environment wins");
+        assert_eq!(RouterConfig::default().promote_wait_ms, 5000);
     }
 
     #[test]

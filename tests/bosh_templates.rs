@@ -106,6 +106,7 @@ fn bosh_templates_render_into_valid_configs() {
     assert_eq!(r.etcd_endpoints, LINKED_ETCD);
     assert_eq!((r.name.as_str(), r.advertise_host.as_str()), ("router-1", "10.244.1.11"));
     assert_eq!((r.password.as_str(), r.grace_ms, r.data_threads), ("router-secret", 12_000, 2));
+    assert_eq!(r.promote_wait_ms, 5_000);
 
     let b = broker(out, "own-etcd");
     assert_eq!(strings(&b["etcd_endpoints"]), LINKED_ETCD);

@@ -14,6 +14,7 @@ use crate::actors::{ActorKind, ActorStatus, GetState, InjectFailure};
 use crate::config::RouterConfig;
 use crate::etcd::{keys, registration, store::RouterRecord};
 use crate::http::{self, auth::Authorized, auth::Credentials, osb::OsbError};
+use crate::router::gate::Target;
 use crate::router::proxy::{Stats, Table};
 
 struct RouterHttp {
@@ -52,6 +53,7 @@ pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> an
         listen_host: cfg.listen_host.clone(),
         data_path: data_path.handle().clone(),
         grace: Duration::from_millis(cfg.grace_ms),
+        promote_wait: Duration::from_millis(cfg.promote_wait_ms),
     };
     let actor = supervise_table(parts);
     let addr = listener.local_addr()?;
@@ -115,7 +117,11 @@ async fn debug_routes(_: Authorized, s: web::Data<RouterHttp>) -> HttpResponse {
     let mut routes: Vec<_> = s
         .table
         .iter()
-        .map(|e| serde_json::json!({"port": e.key(), "instance": e.instance, "primary": *e.primary.borrow()}))
+        .map(|e| {
+            let target = e.target.borrow();
+            let held = matches!(*target, Target::Hold { .. });
+            serde_json::json!({"port": e.key(), "instance": e.instance, "primary": target.addr(), "held": held})
+        })
         .collect();
     routes.sort_by_key(|r| r["port"].as_u64());
     HttpResponse::Ok().json(routes)
@@ -146,8 +152,9 @@ async fn metrics(_: Authorized, s: web::Data<RouterHttp>) -> HttpResponse {
     use crate::metrics::{counter_samples, render};
     use std::sync::atomic::Ordering::Relaxed;
     let st = &s.stats;
-    let with_primary = s.table.iter().filter(|e| e.primary.borrow().is_some()).count() as u64;
-    let router: [(&'static str, &'static str, u64); 9] = [
+    let with_primary = s.table.iter().filter(|e| e.target.borrow().addr().is_some()).count() as u64;
+    let held = s.table.iter().filter(|e| matches!(*e.target.borrow(), Target::Hold { .. })).count() as u64;
+    let router: [(&'static str, &'static str, u64); 12] = [
         ("pgcell_router_ports", "gauge", s.table.len() as u64),
         ("pgcell_router_ports_with_primary", "gauge", with_primary),
         ("pgcell_router_connections_accepted_total", "counter", st.accepted.load(Relaxed)),
@@ -157,6 +164,9 @@ async fn metrics(_: Authorized, s: web::Data<RouterHttp>) -> HttpResponse {
         ("pgcell_router_bytes_to_primary_total", "counter", st.bytes_to_primary.load(Relaxed)),
         ("pgcell_router_bytes_to_client_total", "counter", st.bytes_to_client.load(Relaxed)),
         ("pgcell_router_switches_total", "counter", st.switches.load(Relaxed)),
+        ("pgcell_router_ports_holding", "gauge", held),
+        ("pgcell_router_connections_held_total", "counter", st.held.load(Relaxed)),
+        ("pgcell_router_holds_expired_total", "counter", st.holds_expired.load(Relaxed)),
     ];
     let (mut samples, mut kinds) = counter_samples();
     for (name, kind, v) in router {

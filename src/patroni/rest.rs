@@ -1,4 +1,4 @@
-//! Patroni's REST API, as the drain uses it.
+//! Patroni's REST API, as the drain and the router use it.
 
 use std::time::Duration;
 
@@ -33,6 +33,33 @@ pub async fn switchover(api_url: &str, admin_password: &str, leader: &str, patie
             anyhow::bail!("Patroni refused the switchover ({status}): {}", text.trim());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether a member is the leader *and* out of recovery, from its `GET
+/// /primary`. Patroni 3.0.2 answers 200 as soon as it holds the lock, before
+/// its promotion ends; the body's `role` is `master` only once
+/// `pg_is_in_recovery()` is false (it comes from the same query, asked now).
+pub async fn is_writable_leader(client: &reqwest::Client, api_url: &str) -> anyhow::Result<bool> {
+    let url = format!("{}/primary", api_base(api_url));
+    let resp = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    if resp.status() != reqwest::StatusCode::OK {
+        return Ok(false);
+    }
+    let body: serde_json::Value = resp.json().await.with_context(|| format!("GET {url}: not JSON"))?;
+    Ok(body["role"].as_str().is_some_and(super::view::is_primary_role))
+}
+
+/// Asks `is_writable_leader` every `every` until it says yes (the caller
+/// drops the future to stop asking).
+pub async fn until_writable_leader(client: reqwest::Client, api_url: String, every: Duration) {
+    loop {
+        match is_writable_leader(&client, &api_url).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(%api_url, error = %format!("{e:#}"), "promotion probe failed"),
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

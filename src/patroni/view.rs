@@ -126,10 +126,11 @@ impl ClusterView {
     }
 
     /// The member clients should reach: the one Patroni names leader, while it
-    /// reports `running`. Its role is not waited for: a new leader's member key
+    /// reports `running`. Its role is not looked at: a new leader's member key
     /// says `master` only at the end of the Patroni cycle after its promotion,
-    /// up to a `loop_wait` later; the lock already makes it the primary, and a
-    /// write that arrives while the promotion finishes fails and is retried.
+    /// up to a `loop_wait` later, and the lock already makes it the only
+    /// possible primary. The router holds new connections until it is writable
+    /// (`router::gate`).
     pub fn primary(&self) -> Option<&MemberStatus> {
         self.leader_member().filter(|m| m.state == "running")
     }

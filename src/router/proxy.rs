@@ -1,7 +1,8 @@
 //! The data path: plain tokio. Each router port accepts, looks its route up in
-//! the shared table, connects to the primary and copies bytes both ways until
-//! either side closes or the primary changes (then the connection is cut, so
-//! no client keeps talking to a demoted primary).
+//! the shared table, waits while the new primary is still promoting, connects
+//! to it and copies bytes both ways until either side closes or the primary
+//! changes (then the connection is cut, so no client keeps talking to a
+//! demoted primary).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -12,10 +13,12 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// One router port: its instance and where it forwards now.
+use super::gate::Target;
+
+/// One router port: its instance and what it does with connections now.
 pub struct PortState {
     pub instance: String,
-    pub primary: watch::Sender<Option<String>>,
+    pub target: watch::Sender<Target>,
 }
 
 /// A router port in the table: its state, and its listener, which ends with
@@ -64,6 +67,10 @@ pub struct Stats {
     pub bytes_to_primary: AtomicU64,
     pub bytes_to_client: AtomicU64,
     pub switches: AtomicU64,
+    /// Connections that waited for a promoting primary.
+    pub held: AtomicU64,
+    /// Promotions not confirmed within the hold: the lock holder got connections anyway.
+    pub holds_expired: AtomicU64,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -109,8 +116,8 @@ pub async fn serve_port(listener: TcpListener, port: u16, table: Table, stats: A
 }
 
 async fn forward(mut client: TcpStream, state: Arc<PortState>, stats: Arc<Stats>) {
-    let mut rx = state.primary.subscribe();
-    let Some(target) = rx.borrow_and_update().clone() else {
+    let mut rx = state.target.subscribe();
+    let Some(target) = released(&mut rx, &stats).await else {
         // No running primary: refuse at once rather than leave the client hanging.
         stats.refused.fetch_add(1, Relaxed);
         return;
@@ -134,7 +141,7 @@ async fn forward(mut client: TcpStream, state: Arc<PortState>, stats: Arc<Stats>
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF);
     let switched = async {
         loop {
-            if rx.changed().await.is_err() || rx.borrow_and_update().as_deref() != Some(target.as_str()) {
+            if rx.changed().await.is_err() || rx.borrow_and_update().addr() != Some(target.as_str()) {
                 return;
             }
         }
@@ -152,4 +159,70 @@ async fn forward(mut client: TcpStream, state: Arc<PortState>, stats: Arc<Stats>
         }
     }
     stats.active.fetch_sub(1, Relaxed);
+}
+
+/// Where a new connection goes: at once when the route is ready, after the
+/// hold when the primary is promoting (the client just waits for the server's
+/// first answer meanwhile), `None` to refuse.
+async fn released(rx: &mut watch::Receiver<Target>, stats: &Stats) -> Option<String> {
+    let mut counted = false;
+    loop {
+        let target = rx.borrow_and_update().clone();
+        let (addr, until) = match target {
+            Target::Refuse => return None,
+            Target::Ready { addr } => return Some(addr),
+            Target::Hold { addr, until } => (addr, until),
+        };
+        if !std::mem::replace(&mut counted, true) {
+            stats.held.fetch_add(1, Relaxed);
+        }
+        // The table actor opens the gate at `until` too; this bound also holds if it is stuck.
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return None },
+            () = tokio::time::sleep_until(until.into()) => return Some(addr),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn hold(ms: u64) -> Target {
+        Target::Hold { addr: "b:1".into(), until: Instant::now() + Duration::from_millis(ms) }
+    }
+
+    #[tokio::test]
+    async fn a_held_connection_goes_when_the_route_is_ready() {
+        let (tx, mut rx) = watch::channel(hold(10_000));
+        let stats = Stats::default();
+        let t0 = Instant::now();
+        let wait = tokio::spawn(async move { (released(&mut rx, &stats).await, stats.held.load(Relaxed)) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send_replace(Target::Ready { addr: "b:1".into() });
+        assert_eq!(wait.await.unwrap(), (Some("b:1".into()), 1));
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn the_data_path_bounds_the_hold_by_itself() {
+        // The table actor is stuck: nothing is ever published again.
+        let (_tx, mut rx) = watch::channel(hold(100));
+        let t0 = Instant::now();
+        assert_eq!(released(&mut rx, &Stats::default()).await, Some("b:1".into()));
+        assert!(t0.elapsed() >= Duration::from_millis(100) && t0.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_held_connection_is_refused_when_the_leader_goes() {
+        let (tx, mut rx) = watch::channel(hold(10_000));
+        let wait = tokio::spawn(async move { released(&mut rx, &Stats::default()).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.send_replace(Target::Refuse);
+        assert_eq!(wait.await.unwrap(), None);
+        let (tx, mut rx) = watch::channel(hold(10_000));
+        drop(tx);
+        assert_eq!(released(&mut rx, &Stats::default()).await, None, "the port is gone");
+    }
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
+use super::gate::Leader;
 use crate::etcd::keys;
 use crate::etcd::watch::WatchEvent;
 use crate::patroni::ClusterView;
@@ -12,8 +13,9 @@ use crate::patroni::ClusterView;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Route {
     pub instance: String,
-    /// `host:port` of the running primary; `None` refuses connections.
-    pub primary: Option<String>,
+    /// The running lock holder; `None` refuses connections. Whether it is
+    /// writable yet is the promotion gate's business (`router::gate`).
+    pub leader: Option<Leader>,
 }
 
 /// Which routes an event may have changed.
@@ -99,19 +101,24 @@ impl RoutingTable {
     /// The route of one instance: its port and where it forwards (`None`: no port).
     pub fn route(&self, id: &str) -> Option<(u16, Route)> {
         let port = *self.ports.get(id)?;
-        Some((port, Route { instance: id.to_string(), primary: self.primary_of(id) }))
+        Some((port, Route { instance: id.to_string(), leader: self.leader_of(id) }))
     }
 
-    fn primary_of(&self, id: &str) -> Option<String> {
+    fn leader_of(&self, id: &str) -> Option<Leader> {
         let view = self.views.get(&crate::names::scope(id))?;
-        view.primary().map(|m| format!("{}:{}", m.host, m.port))
+        view.primary().map(|m| Leader {
+            member: m.name.clone(),
+            addr: format!("{}:{}", m.host, m.port),
+            api_url: m.api_url.clone(),
+            key_says_primary: crate::patroni::view::is_primary_role(&m.role),
+        })
     }
 
     /// Router port → route, for every instance that has a port.
     pub fn routes(&self) -> BTreeMap<u16, Route> {
         self.ports
             .iter()
-            .map(|(id, port)| (*port, Route { instance: id.clone(), primary: self.primary_of(id) }))
+            .map(|(id, port)| (*port, Route { instance: id.clone(), leader: self.leader_of(id) }))
             .collect()
     }
 }
@@ -129,6 +136,10 @@ mod tests {
     const RUNNING_REPLICA: &str =
         r#"{"conn_url":"postgres://127.0.0.1:30002/postgres","state":"running","role":"replica"}"#;
 
+    fn addr(t: &RoutingTable, port: u16) -> Option<String> {
+        t.routes()[&port].leader.as_ref().map(|l| l.addr.clone())
+    }
+
     #[test]
     fn routes_follow_leader_and_need_a_running_primary() {
         let mut t = RoutingTable::default();
@@ -136,20 +147,24 @@ mod tests {
             kvs: vec![(keys::router_port("1"), b"40000".to_vec()), (keys::secrets("1"), b"{}".to_vec())],
             revision: 1,
         });
-        assert_eq!(t.routes()[&40000].primary, None, "no leader yet");
+        assert_eq!(addr(&t, 40000), None, "no leader yet");
         t.apply_patroni(&put("/service/cf-1/members/a", RUNNING_MASTER));
         t.apply_patroni(&put("/service/cf-1/members/b", RUNNING_REPLICA));
-        assert_eq!(t.routes()[&40000].primary, None, "a running master without the leader key is no target");
+        assert_eq!(addr(&t, 40000), None, "a running master without the leader key is no target");
         t.apply_patroni(&put("/service/cf-1/leader", "a"));
-        assert_eq!(t.routes()[&40000].primary.as_deref(), Some("127.0.0.1:30000"));
-        // Switchover: b holds the lock while it promotes: the target at once.
+        assert_eq!(addr(&t, 40000).as_deref(), Some("127.0.0.1:30000"));
+        assert!(t.routes()[&40000].leader.as_ref().unwrap().key_says_primary);
+        // Switchover: b holds the lock while it promotes: the lock holder at
+        // once (the gate decides when it takes connections).
         t.apply_patroni(&put("/service/cf-1/leader", "b"));
-        assert_eq!(t.routes()[&40000].primary.as_deref(), Some("127.0.0.1:30002"));
+        let b = t.routes()[&40000].leader.clone().unwrap();
+        assert_eq!((b.member.as_str(), b.addr.as_str()), ("b", "127.0.0.1:30002"));
+        assert!(!b.key_says_primary, "its key still says replica");
         // A leader that is not running (stopping, crashed) is no target.
         t.apply_patroni(&put("/service/cf-1/members/b", &RUNNING_REPLICA.replace("running", "stopped")));
-        assert_eq!(t.routes()[&40000].primary, None);
+        assert_eq!(addr(&t, 40000), None);
         t.apply_patroni(&WatchEvent::Delete { key: "/service/cf-1/leader".into(), revision: 9 });
-        assert_eq!(t.routes()[&40000].primary, None);
+        assert_eq!(addr(&t, 40000), None);
         assert_eq!(
             t.apply_instances(&WatchEvent::Delete { key: keys::router_port("1"), revision: 10 }),
             Affected::Instance("1".into())
@@ -165,8 +180,8 @@ mod tests {
         t.apply_instances(&put(&keys::router_port("10"), "40001"));
         t.apply_patroni(&put("/service/cf-10/members/a", RUNNING_MASTER));
         t.apply_patroni(&put("/service/cf-10/leader", "a"));
-        assert_eq!(t.routes()[&40000].primary, None);
-        assert!(t.routes()[&40001].primary.is_some());
+        assert_eq!(addr(&t, 40000), None);
+        assert!(addr(&t, 40001).is_some());
         assert_eq!(t.route("10"), Some((40001, t.routes()[&40001].clone())));
         assert_eq!(t.apply_patroni(&put("/service/other/leader", "x")), Affected::Nothing, "not a pgcell scope");
     }
