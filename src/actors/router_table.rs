@@ -20,6 +20,7 @@ use super::supervise::Lifeline;
 use super::{ActorState, ActorStatus, GetState, InjectFailure};
 use crate::etcd::watch::{WatchEvent, watch_prefix};
 use crate::etcd::{Client, keys};
+use crate::router::fence::{Action as FenceAction, Event as FenceEvent, OutageFence, Source};
 use crate::router::gate::{Probe, PromoteGate, Target};
 use crate::router::proxy::{self, PortEntry, PortState, Stats, Table};
 use crate::router::table::{Affected, Route, RoutingTable};
@@ -30,12 +31,6 @@ use crate::router::table::{Affected, Route, RoutingTable};
 const PROBE_EVERY: Duration = Duration::from_millis(25);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Source {
-    Instances,
-    Patroni,
-}
-
 pub struct RouterTableActor {
     etcd: Client,
     table: Table,
@@ -45,14 +40,7 @@ pub struct RouterTableActor {
     routing: RoutingTable,
     /// Instance → the port it is published on.
     published: HashMap<String, u16>,
-    grace: Duration,
-    down_since: Option<Instant>,
-    /// Sources whose watch is broken now; routing resumes when none is.
-    interrupted: [bool; 2],
-    /// Sources read in full at least once: until both are, the shared table is
-    /// left as it is (a restarted actor must not cut connections on half a view).
-    read: [bool; 2],
-    fenced: bool,
+    fence: OutageFence,
     gate: PromoteGate,
     /// Instance → the probe of its promoting lock holder.
     probes: HashMap<String, SpawnHandle>,
@@ -87,11 +75,7 @@ impl RouterTableActor {
             data_path,
             routing: RoutingTable::default(),
             published,
-            grace,
-            down_since: None,
-            interrupted: [false; 2],
-            read: [false; 2],
-            fenced: false,
+            fence: OutageFence::new(grace),
             gate: PromoteGate::new(promote_wait),
             probes: HashMap::new(),
             // Without a client the gate still opens, by the member key or the bound.
@@ -114,7 +98,7 @@ impl RouterTableActor {
         for (port, route) in routes {
             self.publish(port, route, ctx);
         }
-        let state = if self.fenced { ActorState::Fenced } else { ActorState::Routing };
+        let state = if self.fence.fenced() { ActorState::Fenced } else { ActorState::Routing };
         self.status.event(state, format!("ports={}", self.table.len()));
     }
 
@@ -147,7 +131,7 @@ impl RouterTableActor {
     }
 
     fn publish(&mut self, port: u16, Route { instance, leader }: Route, ctx: &mut Context<Self>) {
-        let leader = if self.fenced { None } else { leader };
+        let leader = if self.fence.fenced() { None } else { leader };
         let (target, probe) = self.gate.target(&instance, leader.as_ref(), Instant::now());
         self.probe(probe, ctx);
         // A port taken over by another instance (while this actor was not
@@ -235,19 +219,16 @@ impl RouterTableActor {
             .abort_handle()
     }
 
-    fn check_grace(&mut self, ctx: &mut Context<Self>) {
-        if let Some(since) = self.down_since
-            && !self.fenced
-            && since.elapsed() >= self.grace
-        {
-            tracing::error!(grace = ?self.grace, "etcd unreachable past the grace period: refusing new connections until it returns");
-            self.fenced = true;
-            if self.read.iter().all(|r| *r) {
-                self.sync_all(ctx);
-            } else {
-                // Too little read to know the routes: refuse on every port we have.
-                for e in self.table.iter() {
-                    e.target.send_if_modified(|t| std::mem::replace(t, Target::Refuse) != Target::Refuse);
+    /// Feeds the outage fence and performs what it says.
+    fn on_fence(&mut self, ev: FenceEvent, ctx: &mut Context<Self>) {
+        for action in self.fence.on_event(ev, Instant::now()) {
+            match action {
+                FenceAction::SyncAll => self.sync_all(ctx),
+                FenceAction::RefuseAll => {
+                    // Too little read to know the routes: refuse on every port we have.
+                    for e in self.table.iter() {
+                        e.target.send_if_modified(|t| std::mem::replace(t, Target::Refuse) != Target::Refuse);
+                    }
                 }
             }
         }
@@ -261,51 +242,34 @@ impl Actor for RouterTableActor {
         let instances = watch_prefix(self.etcd.clone(), keys::instances()).map(|e| (Source::Instances, e));
         let patroni = watch_prefix(self.etcd.clone(), keys::PATRONI_NAMESPACE.into()).map(|e| (Source::Patroni, e));
         ctx.add_stream(futures::stream::select(instances, patroni));
-        ctx.run_interval(Duration::from_millis(250), |act, ctx| act.check_grace(ctx));
+        ctx.run_interval(Duration::from_millis(250), |act, ctx| act.on_fence(FenceEvent::Tick, ctx));
     }
 }
 
 impl StreamHandler<(Source, WatchEvent)> for RouterTableActor {
     fn handle(&mut self, (source, ev): (Source, WatchEvent), ctx: &mut Context<Self>) {
-        let src = source as usize;
         match &ev {
             WatchEvent::Interrupted { error } => {
-                self.interrupted[src] = true;
-                self.down_since.get_or_insert_with(Instant::now);
                 self.status.error(&anyhow::anyhow!(error.clone()));
-                return;
+                return self.on_fence(FenceEvent::Interrupted(source), ctx);
             }
-            WatchEvent::Live => {
-                self.interrupted[src] = false;
-                if self.interrupted.iter().any(|i| *i) {
-                    return;
-                }
-                self.down_since = None;
-                if self.fenced {
-                    tracing::info!("etcd reachable again: routing resumes");
-                    self.fenced = false;
-                    if self.read.iter().all(|r| *r) {
-                        self.sync_all(ctx);
-                    }
-                }
-                return;
-            }
+            WatchEvent::Live => return self.on_fence(FenceEvent::Live(source), ctx),
             _ => {}
         }
         let affected = match source {
             Source::Instances => self.routing.apply_instances(&ev),
             Source::Patroni => self.routing.apply_patroni(&ev),
         };
-        if let WatchEvent::Snapshot { .. } = ev
-            && !self.read[src]
-        {
-            self.read[src] = true;
-            if self.read.iter().all(|r| *r) {
-                self.sync_all(ctx);
+        if let WatchEvent::Snapshot { .. } = ev {
+            let first_full_read = !self.fence.ready();
+            self.on_fence(FenceEvent::Snapshot(source), ctx);
+            if first_full_read {
+                return;
             }
-            return;
         }
-        if !self.read.iter().all(|r| *r) {
+        // Until both prefixes were read in full, the shared table is left as it
+        // is: a restarted actor must not cut connections on half a view.
+        if !self.fence.ready() {
             return;
         }
         match affected {
