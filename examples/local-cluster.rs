@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+#[path = "../tests/common/etcd.rs"]
+mod etcd;
 mod support;
 use support::{build_pgcell, free_port, wait_http};
 
@@ -61,23 +63,21 @@ struct Deployment {
     bin: PathBuf,
     /// etcd client endpoints, comma-separated (as `PGCELL_ETCD_ENDPOINTS` takes them).
     etcd: String,
-    etcd_children: Vec<Child>,
+    /// The etcd this demo started (stopped when it is dropped, after everything else).
+    etcd_cluster: Option<etcd::Etcd>,
     cells: Vec<(String, u16, Option<Child>)>,
     others: Vec<Child>,
 }
 
 impl Drop for Deployment {
     fn drop(&mut self) {
-        let children = self
-            .cells
-            .iter_mut()
-            .filter_map(|c| c.2.as_mut())
-            .chain(self.others.iter_mut())
-            .chain(self.etcd_children.iter_mut());
+        let children = self.cells.iter_mut().filter_map(|c| c.2.as_mut()).chain(self.others.iter_mut());
         for c in children {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // etcd last: nothing must lose its registration while still running.
+        self.etcd_cluster.take();
         let filter = format!("label=org.pgcell.deployment={}", self.id);
         if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
             let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
@@ -186,33 +186,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let dir = tempfile::Builder::new().prefix("pgcell-local-").tempdir()?;
     let id = format!("local-{}", std::process::id());
-    let mut d = Deployment { id, dir, bin, etcd: String::new(), etcd_children: vec![], cells: vec![], others: vec![] };
+    let mut d = Deployment { id, dir, bin, etcd: String::new(), etcd_cluster: None, cells: vec![], others: vec![] };
 
     // etcd
     match &args.etcd {
         Some(e) => d.etcd = e.clone(),
         None => {
             // Three members, as in production: any one can restart without Patroni noticing.
-            let ports: Vec<(u16, u16)> =
-                (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
-            let cluster =
-                ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect::<Vec<_>>();
-            for (i, (client, peer)) in ports.iter().enumerate() {
-                let (c, p) = (format!("http://127.0.0.1:{client}"), format!("http://127.0.0.1:{peer}"));
-                let log = std::fs::File::create(d.dir.path().join(format!("etcd-m{i}.log")))?;
-                let child = Command::new("etcd")
-                    .args(["--name", &format!("m{i}")])
-                    .args(["--data-dir", &d.dir.path().join(format!("etcd-m{i}")).display().to_string()])
-                    .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-                    .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
-                    .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .spawn()
-                    .context("cannot start etcd (run scripts/setup.sh)")?;
-                d.etcd_children.push(child);
-            }
-            d.etcd = ports.iter().map(|(c, _)| format!("127.0.0.1:{c}")).collect::<Vec<_>>().join(",");
+            let cluster = etcd::Etcd::cluster(3);
+            d.etcd = cluster.endpoints();
+            d.etcd_cluster = Some(cluster);
             say(&format!("etcd (3 members) on {}", d.etcd));
         }
     }

@@ -1,10 +1,14 @@
-//! etcd for tests: one member, or a cluster whose members can be stopped,
-//! frozen and restarted one at a time. Stopped on drop.
+//! etcd for tests and examples (the local demo includes this file too): one
+//! member, or a cluster whose members can be stopped, frozen and restarted one
+//! at a time. Stopped on drop.
+#![allow(dead_code)]
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 /// One etcd member: its process, ports and data directory.
 struct EtcdMember {
