@@ -19,7 +19,8 @@ pub struct Bench {
     pub dir: tempfile::TempDir,
     pub bin: PathBuf,
     pub etcd: String,
-    pub etcd_child: Option<Child>,
+    /// The etcd this bench started (the test kit's), stopped last.
+    pub etcd_cluster: Option<super::etcd::Etcd>,
     pub cells: Vec<Cell>,
     pub router_ports: (u16, u16),
     pub router: Option<Child>,
@@ -46,10 +47,7 @@ impl Drop for Bench {
         if !ids.is_empty() {
             let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
         }
-        if let Some(mut ch) = self.etcd_child.take() {
-            let _ = ch.kill();
-            let _ = ch.wait();
-        }
+        self.etcd_cluster.take();
         if self.failed {
             for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
                 let p = entry.path();

@@ -45,6 +45,8 @@ use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 
 mod deploy;
+#[path = "../../tests/common/etcd.rs"]
+mod etcd;
 mod pg;
 mod report;
 mod sessions;
@@ -174,7 +176,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         dir,
         bin,
         etcd: String::new(),
-        etcd_child: None,
+        etcd_cluster: None,
         cells: vec![],
         router_ports,
         router: None,
@@ -182,28 +184,10 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         failed: true,
     };
 
-    // etcd
-    let (client, peer) = free_block(2, &mut taken)?;
-    b.etcd = format!("{LOOPBACK}:{client}");
-    let (c, p) = (format!("http://{}", b.etcd), format!("http://{LOOPBACK}:{peer}"));
-    let (out, err) = b.log_file("etcd")?;
-    b.etcd_child = Some(
-        Command::new("etcd")
-            .args(["--data-dir", &b.dir.path().join("etcd").display().to_string()])
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
-            .args(["--initial-cluster", &format!("default={p}")])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .context("cannot start etcd")?,
-    );
-    wait_for("etcd", Duration::from_secs(15), || {
-        let ok = std::net::TcpStream::connect(&b.etcd).is_ok();
-        async move { ok.then_some(()) }
-    })
-    .await?;
+    // etcd (the test kit's)
+    let etcd = etcd::Etcd::start();
+    b.etcd = etcd.endpoints();
+    b.etcd_cluster = Some(etcd);
     progress(format!("etcd on {}, deployment {id}, logs in {}", b.etcd, b.dir.path().display()));
 
     // Three cells
