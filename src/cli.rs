@@ -122,7 +122,11 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
     let lines = match tool {
         Command::Leaders => crate::ops::leaders(&crate::ops::read_clusters(&mut client).await?),
         Command::States => crate::ops::states(&crate::ops::read_clusters(&mut client).await?),
-        Command::Cells { action: None } => crate::ops::cells_table(&crate::ops::read_cells(&mut client).await?),
+        Command::Cells { action: None } => {
+            let mut lines = crate::ops::cells_table(&crate::ops::read_cells(&mut client).await?);
+            lines.extend(crate::ops::read_degraded(&mut client).await?);
+            lines
+        }
         Command::Cells { action: Some(CellsAction::Retire { cell, timeout }) } => {
             anyhow::ensure!(crate::names::is_safe(&cell), "{cell:?} is not a cell name (see `pgcell cells`)");
             return crate::ops::retire::retire(&mut client, &cell, std::time::Duration::from_secs(timeout)).await;

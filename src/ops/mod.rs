@@ -109,6 +109,38 @@ pub async fn read_cells(client: &mut Client) -> anyhow::Result<Vec<CellRow>> {
     Ok(rows.into_values().collect())
 }
 
+/// Clusters with fewer running members than placed (active placements), or
+/// no synchronous standby while they should have one: one line each.
+pub fn degraded(placements: &[store::Placement], clusters: &BTreeMap<String, ClusterView>) -> Vec<String> {
+    let mut placed: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for p in placements.iter().filter(|p| !p.purge) {
+        placed.entry(p.scope.as_str()).or_default().push(p.member.as_str());
+    }
+    placed
+        .into_iter()
+        .filter_map(|(scope, members)| {
+            let view = clusters.get(scope);
+            let running = members
+                .iter()
+                .filter(|m| view.and_then(|v| v.members.get(**m)).is_some_and(|s| s.state == "running"))
+                .count();
+            let mut why = vec![];
+            if running < members.len() {
+                why.push(format!("{running} of {} members running", members.len()));
+            }
+            if view.is_some_and(|v| v.health() == crate::patroni::Health::NoSyncStandby) {
+                why.push("no synchronous standby".to_string());
+            }
+            (!why.is_empty()).then(|| format!("degraded: {scope}: {}", why.join(", ")))
+        })
+        .collect()
+}
+
+pub async fn read_degraded(client: &mut Client) -> anyhow::Result<Vec<String>> {
+    let placements: Vec<store::Placement> = store::list_json(client, &keys::placements()).await?;
+    Ok(degraded(&placements, &read_clusters(client).await?))
+}
+
 pub fn cells_table(rows: &[CellRow]) -> Vec<String> {
     let head = format!("{:<24} {:<8} {:<10} {:>7} {:>10}  LEADERS", "CELL", "STATE", "ZONE", "MEMBERS", "USED/TOTAL");
     let mut out = vec![head];
@@ -174,6 +206,20 @@ mod tests {
         assert!(t[1].contains("up") && t[1].contains("z1") && t[1].contains(" 2/7 ") && t[1].ends_with("cf-1"));
         assert!(t[2].contains("lost") && t[2].contains(" - ") && t[2].contains(" 1/- "));
         assert_eq!(t[3], "fleet: 2/7 slots used, 5 free", "a lost cell's capacity is not the fleet's");
+    }
+
+    #[test]
+    fn degraded_clusters_say_why() {
+        let c = clusters();
+        let p = |id: &str, cell: &str| store::Placement::sample(id, cell);
+        // cf-1: members a and b run (b leads, a replica, no sync key): no sync standby.
+        let lines = degraded(&[p("1", "a"), p("1", "b")], &c);
+        assert_eq!(lines, ["degraded: cf-1: no synchronous standby"]);
+        // cf-2 placed on two cells, nothing running.
+        let lines = degraded(&[p("2", "a"), p("2", "c")], &c);
+        assert_eq!(lines, ["degraded: cf-2: 0 of 2 members running"]);
+        let purged = store::Placement { purge: true, ..p("2", "c") };
+        assert!(degraded(&[purged], &c).is_empty(), "a member being purged is not expected to run");
     }
 
     #[test]
