@@ -51,6 +51,21 @@ pub enum Command {
     Leaders,
     /// Print each cluster's members: `cf-1 master/running/<host> replica/running/<host> `
     States,
+    /// List backups (type, size, duration) and the recoverable window, of every instance or one
+    Backups {
+        /// Only this instance
+        instance: Option<String>,
+    },
+    /// Ask for a backup of an instance now (taken on its current leader); waits for it unless --no-wait
+    Backup {
+        instance: String,
+        /// full, diff or incr
+        #[arg(long, default_value = "full")]
+        r#type: String,
+        /// Return once asked, without waiting for the backup
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 pub fn init_tracing() {
@@ -105,6 +120,30 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
         Command::Leaders => crate::ops::leaders(&crate::ops::read_clusters(&mut client).await?),
         Command::States => crate::ops::states(&crate::ops::read_clusters(&mut client).await?),
         Command::Cells => crate::ops::cells_table(&crate::ops::read_cells(&mut client).await?),
+        Command::Backups { instance } => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+            crate::ops::backups_table(&crate::ops::read_backups(&mut client, instance.as_deref()).await?, now)
+        }
+        Command::Backup { instance, r#type, no_wait } => {
+            let id = crate::ops::request_backup(&mut client, &instance, &r#type).await?;
+            if no_wait {
+                println!("backup of {instance} requested ({id})");
+                return Ok(());
+            }
+            // The leader's cell answers within its refresh interval, then backs up.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+            loop {
+                let states = crate::ops::read_backups(&mut client, Some(&instance)).await?;
+                if let Some(s) = states.iter().find(|s| s.done_request.as_deref() == Some(id.as_str())) {
+                    let run = s.last_run.clone().unwrap_or_default();
+                    anyhow::ensure!(run.ok, "backup of {instance} failed: {}", run.error.unwrap_or_default());
+                    println!("backup of {instance} done: {} in {:.1} s", run.kind, run.secs);
+                    return Ok(());
+                }
+                anyhow::ensure!(std::time::Instant::now() < deadline, "no answer to the backup request within an hour");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
         Command::Drain { cell } => {
             anyhow::ensure!(crate::names::is_safe(&cell), "{cell:?} is not a cell name (see `pgcell cells`)");
             let outcomes = crate::cell::drain::drain(&mut client, &cell).await?;

@@ -63,6 +63,50 @@ pub struct CellConfig {
     /// Serve `POST /debug/actors/<kind>/<id>/fail` (fault injection for tests
     /// and game days). Off by default: the endpoint does not exist.
     pub failpoints: bool,
+    /// Continuous archiving and base backups (pgBackRest), the same on every cell.
+    pub backup: BackupConfig,
+}
+
+/// Where and how members back up (docs/backups.md). Every cell of a fleet
+/// must agree: a member's replicas and clones read what another cell wrote.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Off: no archiving, no backups (members render no archive_command).
+    pub enabled: bool,
+    /// The posix repository: a host directory mounted into every member
+    /// container. Several hosts need it on a shared filesystem (NFS, ...).
+    pub repo_path: PathBuf,
+    /// Full backups are kept this many days (pgBackRest time retention; the
+    /// WAL they need is kept with them).
+    pub retention_days: u32,
+    /// A WAL segment is archived at least this often, even when writes are
+    /// few: the RPO bound.
+    pub archive_timeout_secs: u32,
+    /// pgBackRest's `archive-push-queue-max`: past it WAL is dropped (and a
+    /// new full backup needed) rather than the disk filled.
+    pub archive_push_queue_max: String,
+    /// A full backup when the last full is older than this.
+    pub full_every_hours: u64,
+    /// A differential backup when the last backup is older than this.
+    pub diff_every_hours: u64,
+    /// How often each leader's cell refreshes the instance's backup state in etcd.
+    pub refresh_secs: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            repo_path: "/var/lib/pgcell-backups".into(),
+            retention_days: 7,
+            archive_timeout_secs: 60,
+            archive_push_queue_max: "4GiB".into(),
+            full_every_hours: 7 * 24,
+            diff_every_hours: 24,
+            refresh_secs: 10,
+        }
+    }
 }
 
 impl Default for CellConfig {
@@ -87,6 +131,7 @@ impl Default for CellConfig {
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             patroni: PatroniTiming::default(),
             failpoints: false,
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -110,6 +155,12 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_DRAIN_ON_STOP", "drain_on_stop"),
     ("PGCELL_ETCD_PROXIES", "etcd_proxies"),
     ("PGCELL_FAILPOINTS", "failpoints"),
+    ("PGCELL_BACKUP_ENABLED", "backup.enabled"),
+    ("PGCELL_BACKUP_REPO_PATH", "backup.repo_path"),
+    ("PGCELL_BACKUP_RETENTION_DAYS", "backup.retention_days"),
+    ("PGCELL_ARCHIVE_TIMEOUT_SECS", "backup.archive_timeout_secs"),
+    ("PGCELL_ARCHIVE_PUSH_QUEUE_MAX", "backup.archive_push_queue_max"),
+    ("PGCELL_BACKUP_REFRESH_SECS", "backup.refresh_secs"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -304,8 +355,17 @@ pub fn load_layered<T: serde::de::DeserializeOwned + Serialize + Default>(
     let shape = toml::Table::try_from(T::default()).context("the default configuration is not a table")?;
     for (var, key) in overrides {
         if let Some(v) = env(var) {
-            let value = typed_override(var, &v, shape.get(*key))?;
-            table.insert((*key).to_string(), value);
+            // `section.key` overrides a key of a nested table (e.g. `backup.repo_path`).
+            let (path, leaf) = key.rsplit_once('.').map_or((vec![], *key), |(p, l)| (p.split('.').collect(), l));
+            let (mut dst, mut like) = (&mut table, Some(&shape));
+            for part in path {
+                like = like.and_then(|t| t.get(part)).and_then(toml::Value::as_table);
+                let sub = dst.entry(part).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                dst =
+                    sub.as_table_mut().with_context(|| format!("{var}: `{part}` in the config file is not a table"))?;
+            }
+            let value = typed_override(var, &v, like.and_then(|t| t.get(leaf)))?;
+            dst.insert(leaf.to_string(), value);
         }
     }
     toml::Value::Table(table).try_into().context("invalid configuration (file or PGCELL_* environment)")
@@ -360,6 +420,14 @@ mod tests {
         assert_eq!(cfg.etcd_endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(cfg.ports().unwrap(), (31000, 31009));
         assert_eq!(cfg.listen_host(), "127.0.0.1");
+        let cfg = load(
+            "[backup]\nretention_days = 3\n",
+            &[("PGCELL_ARCHIVE_TIMEOUT_SECS", "10"), ("PGCELL_BACKUP_REPO_PATH", "/r")],
+        )
+        .unwrap();
+        assert_eq!((cfg.backup.retention_days, cfg.backup.archive_timeout_secs), (3, 10));
+        assert_eq!(cfg.backup.repo_path, std::path::Path::new("/r"));
+        assert_eq!(cfg.backup.full_every_hours, 168, "the rest of the section keeps its defaults");
     }
 
     #[test]

@@ -12,6 +12,15 @@ use crate::config::CellConfig;
 use crate::docker::{self, ContainerSpec};
 use crate::etcd::{Client, store};
 use crate::patroni::config::MemberConfig;
+use crate::pgbackrest::RestoreSpec;
+
+/// Writes a file readable by its owner only (it may hold secrets), atomically.
+fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    std::io::Write::write_all(&mut f, data)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
 
 /// What every member operation on a cell needs; cheap to clone.
 #[derive(Clone)]
@@ -42,6 +51,9 @@ impl CellDeps {
     /// it holds the cluster's passwords).
     pub async fn write_patroni_config(&self, p: &store::Placement) -> anyhow::Result<()> {
         let secrets = store::ensure_secrets(&mut self.etcd.clone(), &p.instance_id).await?;
+        let backup = Some(&self.cfg.backup).filter(|b| b.enabled);
+        let restore: Option<RestoreSpec> =
+            store::get_json(&mut self.etcd.clone(), &crate::etcd::keys::restore(&p.instance_id)).await?.map(|(r, _)| r);
         let rendered = MemberConfig {
             placement: p,
             secrets: &secrets,
@@ -51,6 +63,8 @@ impl CellDeps {
             listen_host: self.cfg.listen_host(),
             timing: &self.cfg.patroni,
             synchronous_mode: true,
+            backup,
+            restore: restore.as_ref(),
         }
         .render();
         let dir = self.member_dir(&p.member);
@@ -64,6 +78,12 @@ impl CellDeps {
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         std::io::Write::write_all(&mut f, serde_json::to_string_pretty(&rendered)?.as_bytes())?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        if let Some(b) = backup {
+            let conf = crate::pgbackrest::render_conf(b, &p.instance_id, p.pg_port);
+            write_private(&dir.join(crate::pgbackrest::CONF_FILE), conf.as_bytes())?;
+            std::fs::create_dir_all(&b.repo_path)
+                .with_context(|| format!("cannot create the backup repository {}", b.repo_path.display()))?;
+        }
         Ok(())
     }
 
@@ -83,6 +103,7 @@ impl CellDeps {
                 image: self.cfg.image.clone(),
                 labels: self.labels(p),
                 member_dir: self.member_dir(&p.member).display().to_string(),
+                repo_dir: Some(&self.cfg.backup).filter(|b| b.enabled).map(|b| b.repo_path.display().to_string()),
                 memory_mb: p.memory_mb,
             };
             docker::create(&self.docker, &spec).await?;

@@ -11,6 +11,8 @@ use bollard::query_parameters::{
 };
 use futures::Stream;
 
+pub mod exec;
+
 pub const LABEL_MANAGED: &str = "org.pgcell.managed";
 pub const LABEL_DEPLOYMENT: &str = "org.pgcell.deployment";
 pub const LABEL_CELL: &str = "org.pgcell.cell";
@@ -46,6 +48,8 @@ pub struct ContainerSpec {
     pub labels: HashMap<String, String>,
     /// Host directory mounted at the Patroni mount point.
     pub member_dir: String,
+    /// Host directory of the backup repository, mounted at pgBackRest's repository path.
+    pub repo_dir: Option<String>,
     pub memory_mb: u64,
 }
 
@@ -85,7 +89,11 @@ pub async fn create(docker: &Docker, spec: &ContainerSpec) -> anyhow::Result<()>
         // without a reaper a stopped postmaster stays a zombie and Patroni waits
         // on it forever (seen on every demotion).
         init: Some(true),
-        binds: Some(vec![format!("{}:{}", spec.member_dir, crate::patroni::config::MOUNT)]),
+        binds: Some(
+            std::iter::once(format!("{}:{}", spec.member_dir, crate::patroni::config::MOUNT))
+                .chain(spec.repo_dir.iter().map(|r| format!("{r}:{}", crate::pgbackrest::REPO_MOUNT)))
+                .collect(),
+        ),
         memory: Some((spec.memory_mb * 1024 * 1024) as i64),
         log_config: Some(HostConfigLogConfig {
             typ: Some("json-file".into()),

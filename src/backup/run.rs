@@ -1,0 +1,183 @@
+//! The cell of an instance's leader backs it up: every `refresh_secs` it
+//! reads the archiver and the stanza, commits a heartbeat, decides
+//! ([`super::state::decide`]) and runs pgBackRest by `docker exec` in the
+//! leader's container, then publishes the state in etcd. The leader moves,
+//! the work moves with it: whichever cell holds the leader does it.
+
+use anyhow::Context;
+
+use super::state::{self, Action, BackupState, Heartbeat, Request, Run};
+use crate::cell::member::CellDeps;
+use crate::docker::exec::exec;
+use crate::etcd::keys;
+use crate::etcd::store::{self, Placement};
+use crate::pgbackrest::info;
+
+/// Members of this cell that lead their cluster now.
+pub async fn leaders_here(deps: &CellDeps) -> anyhow::Result<Vec<Placement>> {
+    let mut etcd = deps.etcd.clone();
+    let placements: Vec<Placement> = store::list_json(&mut etcd, &keys::cell_placements(&deps.cfg.name)).await?;
+    let mut out = vec![];
+    for p in placements.into_iter().filter(|p| !p.purge) {
+        let key = format!("{}leader", keys::patroni_scope(&p.scope));
+        let resp = etcd.get(key, None).await.context("etcd get leader")?;
+        if resp.kvs().first().is_some_and(|kv| kv.value() == p.member.as_bytes()) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+}
+
+/// One pass for one leader: probe, decide, back up if due, publish.
+pub async fn tick(deps: &CellDeps, p: &Placement) -> anyhow::Result<BackupState> {
+    let mut etcd = deps.etcd.clone();
+    let id = &p.instance_id;
+    let container = crate::names::container(&p.member);
+    let mut s: BackupState =
+        store::get_json(&mut etcd, &keys::backup_state(id)).await?.map(|(s, _)| s).unwrap_or_default();
+    s.instance = id.clone();
+    s.member = p.member.clone();
+    if let Err(e) = probe(deps, &container, p.pg_port, &mut s).await {
+        tracing::debug!(instance = %id, error = %format!("{e:#}"), "archiver probe failed");
+    }
+    s.wal_dropped = dropped_wal(deps, &p.member);
+    if s.needs_full() {
+        tracing::warn!(instance = %id, dropped = s.wal_dropped, "pgBackRest dropped WAL (archive queue full): the archive has a gap; a new full backup is due");
+    }
+    s.info = stanza_info(deps, &container, id).await?;
+    let request: Option<Request> = store::get_json(&mut etcd, &keys::backup_request(id)).await?.map(|(r, _)| r);
+    let action = state::decide(&s, request.as_ref(), &deps.cfg.backup, now() as i64);
+    if let Some(action) = action {
+        publish(deps, &mut s).await?;
+        run(deps, &container, id, action, &mut s).await;
+        s.info = stanza_info(deps, &container, id).await?;
+    }
+    publish(deps, &mut s).await?;
+    Ok(s)
+}
+
+async fn publish(deps: &CellDeps, s: &mut BackupState) -> anyhow::Result<()> {
+    s.updated_at = now() as i64;
+    let mut etcd = deps.etcd.clone();
+    etcd.put(keys::backup_state(&s.instance), serde_json::to_vec(s)?, None).await.context("etcd put backup state")?;
+    Ok(())
+}
+
+async fn run(deps: &CellDeps, container: &str, id: &str, action: Action, s: &mut BackupState) {
+    let started = now();
+    let stanza = format!("--stanza={id}");
+    let (kind, request, why) = match action {
+        Action::CreateStanza => {
+            tracing::info!(instance = %id, "creating the instance's stanza");
+            match exec(&deps.docker, container, "postgres", &["pgbackrest", &stanza, "stanza-create"]).await {
+                Ok(out) if out.ok() => {}
+                Ok(out) => {
+                    let e = out.check("pgbackrest stanza-create").err().map(|e| format!("{e:#}"));
+                    tracing::warn!(instance = %id, error = ?e, "stanza-create failed");
+                    s.last_run = Some(Run {
+                        kind: "stanza-create".into(),
+                        started: started as i64,
+                        secs: now() - started,
+                        ok: false,
+                        error: e,
+                    });
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %id, error = %format!("{e:#}"), "stanza-create failed");
+                    return;
+                }
+            }
+            ("full", None, "first backup")
+        }
+        Action::Backup { kind, request, why } => (kind, request, why),
+    };
+    tracing::info!(instance = %id, kind, why, "backup starting");
+    let dropped_before = s.wal_dropped;
+    let ty = format!("--type={kind}");
+    let res = exec(&deps.docker, container, "postgres", &["pgbackrest", &stanza, &ty, "backup"]).await;
+    let res = res.and_then(|o| o.check("pgbackrest backup"));
+    let secs = now() - started;
+    let ok = res.is_ok();
+    let error = res.err().map(|e| format!("{e:#}"));
+    match &error {
+        None => tracing::info!(instance = %id, kind, secs, "backup done"),
+        Some(e) => tracing::warn!(instance = %id, kind, error = %e, "backup failed"),
+    }
+    if ok && kind == "full" {
+        s.wal_dropped_at_full = dropped_before;
+    }
+    // A request is answered once, whether the backup worked or not (its result is in last_run).
+    if request.is_some() {
+        s.done_request = request;
+    }
+    s.last_run = Some(Run { kind: kind.into(), started: started as i64, secs, ok, error });
+}
+
+/// `pgbackrest info` of the instance's stanza.
+async fn stanza_info(deps: &CellDeps, container: &str, id: &str) -> anyhow::Result<info::StanzaInfo> {
+    let out =
+        exec(&deps.docker, container, "postgres", &["pgbackrest", &format!("--stanza={id}"), "--output=json", "info"])
+            .await?
+            .check("pgbackrest info")?;
+    info::parse(&out.stdout)
+}
+
+/// Commits a heartbeat and reads `pg_stat_archiver` on the leader.
+async fn probe(deps: &CellDeps, container: &str, port: u16, s: &mut BackupState) -> anyhow::Result<()> {
+    let port = port.to_string();
+    let archiver = "SELECT pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn()), coalesce(last_archived_wal, ''), \
+        coalesce(extract(epoch from last_archived_time), 0), failed_count, coalesce(extract(epoch from last_failed_time), 0) \
+        FROM pg_stat_archiver";
+    let cmd = [
+        "psql",
+        "-X",
+        "-At",
+        "-h",
+        "/var/run/postgresql",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        // Three requests, three transactions: the time is read before the
+        // heartbeat commits, the WAL position after it.
+        "-c",
+        "SELECT extract(epoch from clock_timestamp())",
+        "-c",
+        "SELECT txid_current()",
+        "-c",
+        archiver,
+    ];
+    let out = exec(&deps.docker, container, "postgres", &cmd).await?.check("psql")?;
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let [at, _, row] = lines[..] else { anyhow::bail!("unexpected psql output {:?}", out.stdout) };
+    let f: Vec<&str> = row.split('|').collect();
+    let [lsn, walfile, archived, archived_at, failed, failed_at] = f[..] else {
+        anyhow::bail!("unexpected row {row:?}")
+    };
+    let num = |v: &str| v.parse::<f64>().ok().filter(|x| *x > 0.0);
+    state::push_heartbeat(&mut s.heartbeats, Heartbeat { at: at.parse()?, lsn: lsn.into(), walfile: walfile.into() });
+    s.last_archived_wal = Some(archived.to_string()).filter(|a| !a.is_empty());
+    s.last_archived_at = num(archived_at);
+    s.archive_failed_count = failed.parse().unwrap_or_default();
+    s.last_failed_at = num(failed_at);
+    Ok(())
+}
+
+/// WAL segments pgBackRest dropped because the queue was full (its async log says so).
+fn dropped_wal(deps: &CellDeps, member: &str) -> u64 {
+    let dir = deps.member_dir(member).join("pgbackrest-log");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("archive-push"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|t| t.matches("dropped WAL file").count() as u64)
+        .sum()
+}

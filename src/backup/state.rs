@@ -1,0 +1,203 @@
+//! An instance's backup state, as the cell of its leader publishes it in etcd
+//! (`/pgcell/backups/<id>`, kept after deprovision so a deleted instance stays
+//! restorable), and the decision of what to do next. Plain data, no I/O.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::BackupConfig;
+use crate::pgbackrest::info::StanzaInfo;
+
+/// A transaction the leader's cell committed on purpose, with the wall-clock
+/// time read just before it and the WAL file holding it. Once that file is
+/// archived, any target time before `at` has a commit after it in the archive
+/// (a time target with none fails: "recovery ended before configured
+/// recovery target was reached").
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct Heartbeat {
+    pub at: f64,
+    pub lsn: String,
+    pub walfile: String,
+}
+
+/// How many heartbeats are kept (enough to span a slow archive).
+pub const HEARTBEATS_KEPT: usize = 64;
+
+/// One backup run by pgcell.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct Run {
+    pub kind: String,
+    pub started: i64,
+    pub secs: f64,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// Asked for a backup now (broker update parameter `{"backup": "full"}`, `pgcell backup`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Request {
+    pub id: String,
+    pub kind: String,
+    pub at: i64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct BackupState {
+    pub instance: String,
+    /// The member whose cell published this.
+    pub member: String,
+    pub updated_at: i64,
+    pub info: StanzaInfo,
+    /// `pg_stat_archiver` on the leader.
+    pub last_archived_wal: Option<String>,
+    pub last_archived_at: Option<f64>,
+    pub archive_failed_count: u64,
+    pub last_failed_at: Option<f64>,
+    /// WAL segments pgBackRest dropped (queue over `archive-push-queue-max`)
+    /// since the member's log began, and that count at the last full backup:
+    /// more now means a gap in the archive, so a new full backup is due.
+    pub wal_dropped: u64,
+    pub wal_dropped_at_full: u64,
+    pub heartbeats: Vec<Heartbeat>,
+    pub last_run: Option<Run>,
+    /// The last request handled.
+    pub done_request: Option<String>,
+}
+
+impl BackupState {
+    /// The newest heartbeat already archived: the recoverable window ends there.
+    pub fn archived_heartbeat(&self) -> Option<&Heartbeat> {
+        let archived = self.last_archived_wal.as_deref()?;
+        // WAL file names order like their positions (same timeline; a newer
+        // timeline sorts after).
+        self.heartbeats.iter().filter(|h| h.walfile.as_str() <= archived).max_by(|a, b| a.at.total_cmp(&b.at))
+    }
+
+    /// The gap since the archive last moved, in seconds (the RPO right now).
+    pub fn archive_age(&self, now: f64) -> Option<f64> {
+        self.last_archived_at.map(|t| (now - t).max(0.0))
+    }
+
+    pub fn needs_full(&self) -> bool {
+        self.wal_dropped > self.wal_dropped_at_full
+    }
+}
+
+/// What the leader's cell does next for an instance.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// The stanza does not exist yet: create it, then a full backup.
+    CreateStanza,
+    Backup {
+        kind: &'static str,
+        request: Option<String>,
+        why: &'static str,
+    },
+}
+
+/// Decides from the state just read (stanza info, archiver, request) and the
+/// policy; `now` in Unix seconds.
+pub fn decide(s: &BackupState, request: Option<&Request>, cfg: &BackupConfig, now: i64) -> Option<Action> {
+    if !s.info.exists() {
+        return Some(Action::CreateStanza);
+    }
+    let Some(last) = s.info.backups.last() else {
+        return Some(Action::Backup { kind: "full", request: None, why: "no backup yet" });
+    };
+    if let Some(r) = request.filter(|r| s.done_request.as_deref() != Some(r.id.as_str())) {
+        let kind = match r.kind.as_str() {
+            "diff" => "diff",
+            "incr" => "incr",
+            _ => "full",
+        };
+        return Some(Action::Backup { kind, request: Some(r.id.clone()), why: "requested" });
+    }
+    if s.needs_full() {
+        return Some(Action::Backup { kind: "full", request: None, why: "WAL was dropped: the archive has a gap" });
+    }
+    // A failed run is retried, but not in a tight loop.
+    if let Some(run) = &s.last_run
+        && !run.ok
+        && now - run.started < 300
+    {
+        return None;
+    }
+    let last_full = s.info.last_full().map_or(0, |b| b.stop);
+    if now - last_full >= hours(cfg.full_every_hours) {
+        return Some(Action::Backup { kind: "full", request: None, why: "scheduled full" });
+    }
+    if now - last.stop >= hours(cfg.diff_every_hours) {
+        return Some(Action::Backup { kind: "diff", request: None, why: "scheduled differential" });
+    }
+    None
+}
+
+fn hours(h: u64) -> i64 {
+    i64::try_from(h.saturating_mul(3600)).unwrap_or(i64::MAX)
+}
+
+/// Keeps the newest heartbeats.
+pub fn push_heartbeat(list: &mut Vec<Heartbeat>, h: Heartbeat) {
+    list.push(h);
+    let extra = list.len().saturating_sub(HEARTBEATS_KEPT);
+    list.drain(..extra);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pgbackrest::info::Backup;
+
+    fn with_backups(b: &[(&str, i64)]) -> BackupState {
+        let backups =
+            b.iter().map(|(k, stop)| Backup { kind: (*k).into(), stop: *stop, ..Default::default() }).collect();
+        BackupState { info: StanzaInfo { status_code: 0, backups, ..Default::default() }, ..Default::default() }
+    }
+
+    #[test]
+    fn a_new_instance_gets_its_stanza_then_a_full_backup() {
+        let cfg = BackupConfig::default();
+        let missing = BackupState { info: StanzaInfo { status_code: 1, ..Default::default() }, ..Default::default() };
+        assert_eq!(decide(&missing, None, &cfg, 100), Some(Action::CreateStanza));
+        let empty = with_backups(&[]);
+        assert!(matches!(decide(&empty, None, &cfg, 100), Some(Action::Backup { kind: "full", .. })));
+    }
+
+    #[test]
+    fn schedule_requests_and_gaps() {
+        let cfg = BackupConfig::default();
+        let day = 24 * 3600;
+        let s = with_backups(&[("full", 0), ("diff", 3 * day)]);
+        assert_eq!(decide(&s, None, &cfg, 3 * day + 10), None);
+        assert!(matches!(decide(&s, None, &cfg, 4 * day), Some(Action::Backup { kind: "diff", .. })));
+        assert!(matches!(decide(&s, None, &cfg, 7 * day), Some(Action::Backup { kind: "full", .. })));
+        let r = Request { id: "r1".into(), kind: "full".into(), at: 1 };
+        assert!(matches!(
+            decide(&s, Some(&r), &cfg, 3 * day + 10),
+            Some(Action::Backup { kind: "full", request: Some(_), .. })
+        ));
+        let done = BackupState { done_request: Some("r1".into()), ..s.clone() };
+        assert_eq!(decide(&done, Some(&r), &cfg, 3 * day + 10), None, "a request is done once");
+        let gap = BackupState { wal_dropped: 2, wal_dropped_at_full: 1, ..s.clone() };
+        assert!(matches!(decide(&gap, None, &cfg, 3 * day + 10), Some(Action::Backup { kind: "full", .. })));
+        let failed =
+            BackupState { last_run: Some(Run { ok: false, started: 4 * day - 10, ..Default::default() }), ..s };
+        assert_eq!(decide(&failed, None, &cfg, 4 * day), None, "no tight retry loop");
+    }
+
+    #[test]
+    fn the_window_ends_at_the_newest_archived_heartbeat() {
+        let mut s = BackupState::default();
+        for (at, f) in
+            [(10.0, "000000010000000000000003"), (20.0, "000000010000000000000004"), (30.0, "000000010000000000000005")]
+        {
+            push_heartbeat(&mut s.heartbeats, Heartbeat { at, lsn: String::new(), walfile: f.into() });
+        }
+        assert_eq!(s.archived_heartbeat(), None);
+        s.last_archived_wal = Some("000000010000000000000004".into());
+        assert_eq!(s.archived_heartbeat().map(|h| h.at), Some(20.0));
+        for i in 0..100 {
+            push_heartbeat(&mut s.heartbeats, Heartbeat { at: f64::from(i), ..Default::default() });
+        }
+        assert_eq!(s.heartbeats.len(), HEARTBEATS_KEPT);
+    }
+}
