@@ -187,16 +187,5 @@ pub fn backups_table(states: &[crate::backup::state::BackupState], now: f64) -> 
 
 /// Asks the cell of the instance's leader for a backup now (`pgcell backup`).
 pub async fn request_backup(client: &mut Client, instance: &str, kind: &str) -> anyhow::Result<String> {
-    anyhow::ensure!(crate::names::is_safe(instance), "{instance:?} is not an instance id");
-    anyhow::ensure!(["full", "diff", "incr"].contains(&kind), "backup type must be full, diff or incr");
-    let req = crate::backup::state::Request {
-        id: crate::secret::random_password(12),
-        kind: kind.into(),
-        at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0),
-    };
-    client
-        .put(crate::etcd::keys::backup_request(instance), serde_json::to_vec(&req)?, None)
-        .await
-        .map_err(|e| anyhow::anyhow!("etcd put backup request: {e}"))?;
-    Ok(req.id)
+    crate::backup::request(client, instance, kind).await
 }

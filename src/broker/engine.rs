@@ -189,6 +189,10 @@ impl Broker {
                 )
                 .await;
         }
+        if op.kind == OpKind::Provision && spec.parameters.restore.is_some() {
+            let n = sql::drop_restored_binding_roles(&host, port, &secrets.superuser).await?;
+            tracing::info!(instance = id, roles = n, "restored: the source's binding roles dropped");
+        }
         sql::setup_instance(&host, port, &secrets.superuser, &spec.parameters.extensions).await?;
         op.state = OpState::Succeeded;
         op.description = format!(
