@@ -115,3 +115,88 @@ async fn first_backup_after_provisioning_and_on_demand() {
     let r = osb("PATCH", &format!("{broker}/v2/service_instances/f1?accepts_incomplete=true"), Some(&bad)).await;
     assert_eq!(r.status, 400, "{}", r.text);
 }
+
+/// Provisions `id` restored from `restore`, retrying while the target is not
+/// archived yet (the broker says so with a 400); returns the last response.
+async fn provision_restore(broker: &str, id: &str, restore: Value) -> common::http::Resp {
+    let t0 = Instant::now();
+    loop {
+        let r = provision(broker, id, "single", json!({"restore": restore})).await;
+        let waiting = r.status == 400 && r.text.contains("after the last archived WAL");
+        if !waiting || t0.elapsed() > Duration::from_secs(90) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn count(url: &str) -> String {
+    psql(url, "select count(*) from t").unwrap()
+}
+
+#[tokio::test]
+async fn point_in_time_restore_is_exact_and_bad_targets_are_refused() {
+    let mut d = Deployment::start(1).await;
+    d.start_router("r1", 8000).await;
+    let broker = d.start_broker("b1").await;
+    assert_eq!(provision(&broker, "src", "single", json!({})).await.status, 202);
+    assert_eq!(wait_operation(&broker, "src", Duration::from_secs(120)).await.0, "succeeded");
+    // A binding on the source: its role must not come along into restores.
+    let bind_body = json!({"service_id": SERVICE_ID, "plan_id": plan_id("single")}).to_string();
+    let b = osb("PUT", &format!("{broker}/v2/service_instances/src/service_bindings/k1"), Some(&bind_body)).await;
+    assert_eq!(b.status, 201, "{}", b.text);
+    let src = app_url(&d, "src").await;
+    psql(&src, "create table t(x int, at timestamptz default clock_timestamp())").unwrap();
+    wait_backups(&d, "src", 1, Duration::from_secs(120)).await;
+
+    psql(&src, "insert into t(x) select generate_series(1, 5)").unwrap();
+    let noted = psql(&src, "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')").unwrap();
+    let lsn = psql(&src, "select pg_current_wal_lsn()").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    psql(&src, "insert into t(x) select generate_series(6, 12)").unwrap();
+    psql(&src, "select pg_switch_wal()").unwrap();
+    eprintln!("noted {noted} at LSN {lsn}; 5 rows before, 12 after");
+
+    // Bad targets: 400, with the window, and nothing created.
+    let bad = [
+        (json!({"from": "src", "target_time": noted.trim_end_matches('Z')}), "with a zone"),
+        (json!({"from": "src", "target_time": "2001-01-01T00:00:00Z"}), "before the first backup"),
+        (json!({"from": "src", "target_time": "2999-01-01T00:00:00+02:00"}), "after the last archived WAL"),
+        (json!({"from": "src", "target_lsn": "FFFF/0"}), "after the last archived WAL"),
+        (json!({"from": "nosuch"}), "unknown source"),
+        (json!({"from": "bad", "when": 1}), "unknown restore field"),
+    ];
+    for (restore, why) in bad {
+        let r = provision(&broker, "bad", "single", json!({"restore": restore})).await;
+        assert_eq!(r.status, 400, "{restore}: {}", r.text);
+        assert!(r.text.contains(why), "{restore}: {}", r.text);
+        if why.contains("first backup") || why.contains("archived") {
+            assert!(r.text.contains("recoverable window: from "), "{}", r.text);
+        }
+    }
+    assert_eq!(osb("GET", &format!("{broker}/v2/service_instances/bad"), None).await.status, 404);
+    assert!(d.etcd.dump("/pgcell/instances/bad/").await.is_empty());
+
+    // To the noted time, to the LSN, and to the latest: exactly the rows committed before.
+    let r = provision_restore(&broker, "at-time", json!({"from": "src", "target_time": noted})).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = provision_restore(&broker, "at-lsn", json!({"from": "src", "target_lsn": lsn})).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = provision_restore(&broker, "latest", json!({"from": "src"})).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    for id in ["at-time", "at-lsn", "latest"] {
+        let (state, desc) = wait_operation(&broker, id, Duration::from_secs(180)).await;
+        assert_eq!(state, "succeeded", "{id}: {desc}\n{}", d.logs());
+    }
+    assert_eq!(count(&app_url(&d, "at-time").await), "5");
+    assert_eq!(count(&app_url(&d, "at-lsn").await), "5");
+    assert_eq!(count(&app_url(&d, "latest").await), "12");
+    let clone = app_url(&d, "at-time").await;
+    assert_eq!(psql(&clone, "select count(*) from pg_roles where rolname like 'b\\_%'").unwrap(), "0", "binding roles left");
+    assert!(psql(&clone, "show archive_command").unwrap().contains("--stanza=at-time "));
+    // It is backed up into its own stanza, from its first minute.
+    let s = wait_backups(&d, "at-time", 1, Duration::from_secs(120)).await;
+    assert_eq!(s["instance"], "at-time");
+    psql(&clone, "insert into t(x) values (100)").unwrap();
+    assert_eq!(count(&src), "12", "the source is untouched");
+}
