@@ -122,10 +122,13 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
         Command::Cells => crate::ops::cells_table(&crate::ops::read_cells(&mut client).await?),
         Command::Backups { instance } => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
-            crate::ops::backups_table(&crate::ops::read_backups(&mut client, instance.as_deref()).await?, now)
+            crate::ops::backups::backups_table(
+                &crate::ops::backups::read_backups(&mut client, instance.as_deref()).await?,
+                now,
+            )
         }
         Command::Backup { instance, r#type, no_wait } => {
-            let id = crate::ops::request_backup(&mut client, &instance, &r#type).await?;
+            let id = crate::ops::backups::request_backup(&mut client, &instance, &r#type).await?;
             if no_wait {
                 println!("backup of {instance} requested ({id})");
                 return Ok(());
@@ -133,7 +136,7 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
             // The leader's cell answers within its refresh interval, then backs up.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
             loop {
-                let states = crate::ops::read_backups(&mut client, Some(&instance)).await?;
+                let states = crate::ops::backups::read_backups(&mut client, Some(&instance)).await?;
                 if let Some(s) = states.iter().find(|s| s.done_request.as_deref() == Some(id.as_str())) {
                     let run = s.last_run.clone().unwrap_or_default();
                     anyhow::ensure!(run.ok, "backup of {instance} failed: {}", run.error.unwrap_or_default());
