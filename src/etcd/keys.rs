@@ -11,7 +11,7 @@
 //! | `/pgcell/instances/<id>/operation` | the instance's last operation and its progress | broker |
 //! | `/pgcell/instances/<id>/bindings/<bid>` | a binding (role name, password) | broker txn |
 //! | `/pgcell/router_ports/<port>` | instance id holding the router port | allocator txn |
-//! | `/pgcell/instances/<id>/restore` | the restore a clone bootstraps from ([`RestoreSpec`](crate::pgbackrest::RestoreSpec)) | broker txn (provision) |
+//! | `/pgcell/instances/<id>/restore` | the restore a clone bootstraps from (`pgbackrest::RestoreSpec` JSON) | broker txn (provision) |
 //! | `/pgcell/instances/<id>/backup_request` | a backup asked for now | broker, `pgcell backup` |
 //! | `/pgcell/backups/<id>` | the instance's backup state; outlives the instance | the cell of its leader |
 //! | `/pgcell/routers/<name>` | [`RouterRecord`](super::store::RouterRecord) JSON, on the router's lease | router |
