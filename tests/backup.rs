@@ -267,3 +267,78 @@ async fn restore_of_a_deprovisioned_instance_and_clone_of_a_live_one_under_write
     psql(&app_url(&d, "twin").await, "insert into t values (2)").unwrap();
     assert_eq!(count(&live), now.to_string(), "writes to the clone stay in the clone");
 }
+
+/// The value of a metric line `name{instance="id"} v` on the cell's `/metrics`.
+async fn metric(d: &Deployment, name: &str, id: &str) -> Option<u64> {
+    let text = common::http::call("GET", &d.cells[0].url("/metrics"), common::http::SEED_AUTH, None).await.text;
+    let prefix = format!("{name}{{instance=\"{id}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+}
+
+#[tokio::test]
+async fn repository_unreachable_primary_serves_disk_bounded_then_catches_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = Deployment::start(0).await;
+    let name = format!("{}-c0", d.id);
+    d.add_cell_with_env(&name, &[("PGCELL_ARCHIVE_PUSH_QUEUE_MAX", "64MiB".into())]).await;
+    d.start_router("r1", 8000).await;
+    let broker = d.start_broker("b1").await;
+    assert_eq!(provision(&broker, "q", "single", json!({})).await.status, 202);
+    assert_eq!(wait_operation(&broker, "q", Duration::from_secs(120)).await.0, "succeeded");
+    wait_backups(&d, "q", 1, Duration::from_secs(120)).await;
+    let url = app_url(&d, "q").await;
+    psql(&url, "create table filler(x text)").unwrap();
+    let root = d.superuser_url("q", d.router_port("q").await).await;
+
+    // The repository goes away (for the containers' postgres user).
+    let repo = d.tmp.path().join("backups");
+    let mode = std::fs::metadata(&repo).unwrap().permissions().mode();
+    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let t0 = Instant::now();
+    for _ in 0..8 {
+        psql(&url, "insert into filler select repeat(md5(g::text), 30) from generate_series(1, 50000) g").unwrap();
+    }
+    eprintln!("wrote about 8 x 50 MB with the repository down in {:.1} s", t0.elapsed().as_secs_f64());
+    let s = wait_for("WAL dropped past the queue bound", Duration::from_secs(180), || async {
+        psql(&root, "checkpoint").ok()?;
+        backup_state(&d, "q").await.filter(|s| s["wal_dropped"].as_u64() > Some(0))
+    })
+    .await;
+    eprintln!("dropped {} WAL file(s); repository error: {}", s["wal_dropped"], s["repo_error"]);
+    assert!(s["repo_error"].is_string(), "the state says the repository is unreachable");
+    // Without the bound, pg_wal would keep every segment until the repository is back.
+    let t1 = Instant::now();
+    let wal_mb = wait_for("pg_wal back under 300 MB", Duration::from_secs(180), || async {
+        psql(&root, "checkpoint").ok()?;
+        let mb: u64 = psql(&root, "select (sum(size) / 1000000)::bigint from pg_ls_waldir()").ok()?.parse().ok()?;
+        (mb < 300).then_some(mb)
+    })
+    .await;
+    eprintln!(
+        "pg_wal holds {wal_mb} MB {:.1} s after writing ~450 MB (wal_keep_size 128 MB, queue 64 MiB)",
+        t1.elapsed().as_secs_f64()
+    );
+    psql(&url, "insert into filler values ('still serving')").unwrap();
+    assert!(metric(&d, "pgcell_backup_wal_dropped_total", "q").await.unwrap_or(0) > 0);
+    assert_eq!(metric(&d, "pgcell_backup_needs_full", "q").await, Some(1));
+    assert_eq!(metric(&d, "pgcell_backup_repository_ok", "q").await, Some(0));
+    assert!(d.pgcell(&["backups", "q"]).contains("REPOSITORY UNREACHABLE"));
+
+    // Back: the archive catches up, a new full backup closes the gap.
+    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(mode)).unwrap();
+    let back = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let s = wait_for("a new full backup after the gap", Duration::from_secs(180), || async {
+        backup_state(&d, "q").await.filter(|s| {
+            s["repo_error"].is_null()
+                && s["wal_dropped_at_full"] == s["wal_dropped"]
+                && s["last_archived_at"].as_f64().is_some_and(|t| t > back)
+        })
+    })
+    .await;
+    let kinds: Vec<&str> =
+        s["info"]["backups"].as_array().unwrap().iter().map(|b| b["kind"].as_str().unwrap()).collect();
+    // Another full follows each batch of dropped WAL; the last one closes the gap.
+    assert!(kinds.len() >= 2 && kinds.iter().all(|k| *k == "full"), "{kinds:?}");
+    assert_eq!(metric(&d, "pgcell_backup_needs_full", "q").await, Some(0));
+    assert_eq!(metric(&d, "pgcell_backup_repository_ok", "q").await, Some(1));
+}

@@ -44,17 +44,37 @@ pub async fn tick(deps: &CellDeps, p: &Placement) -> anyhow::Result<BackupState>
     if let Err(e) = probe(deps, &container, p.pg_port, &mut s).await {
         tracing::debug!(instance = %id, error = %format!("{e:#}"), "archiver probe failed");
     }
+    let dropped_before = s.wal_dropped;
     s.wal_dropped = dropped_wal(deps, &p.member);
-    if s.needs_full() {
-        tracing::warn!(instance = %id, dropped = s.wal_dropped, "pgBackRest dropped WAL (archive queue full): the archive has a gap; a new full backup is due");
+    if s.wal_dropped > dropped_before {
+        tracing::warn!(
+            instance = %id,
+            dropped = s.wal_dropped - dropped_before,
+            "pgBackRest dropped WAL (archive queue over archive-push-queue-max, repository unreachable?): \
+             the primary keeps its disk, the archive has a gap; a new full backup is due"
+        );
     }
-    s.info = stanza_info(deps, &container, id).await?;
+    match stanza_info(deps, &container, id).await {
+        Ok(info) => {
+            s.info = info;
+            s.repo_error = None;
+        }
+        Err(e) => {
+            // The repository is unreachable: say so, keep what was known, try again next pass.
+            tracing::warn!(instance = %id, error = %format!("{e:#}"), "backup repository unreachable");
+            s.repo_error = Some(format!("{e:#}"));
+            publish(deps, &mut s).await?;
+            return Ok(s);
+        }
+    }
     let request: Option<Request> = store::get_json(&mut etcd, &keys::backup_request(id)).await?.map(|(r, _)| r);
     let action = state::decide(&s, request.as_ref(), &deps.cfg.backup, now() as i64);
     if let Some(action) = action {
         publish(deps, &mut s).await?;
         run(deps, &container, id, action, &mut s).await;
-        s.info = stanza_info(deps, &container, id).await?;
+        if let Ok(info) = stanza_info(deps, &container, id).await {
+            s.info = info;
+        }
     }
     publish(deps, &mut s).await?;
     Ok(s)

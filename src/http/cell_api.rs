@@ -236,5 +236,17 @@ async fn metrics(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResponse,
     }
     kinds.push(("pgcell_cell_containers", "gauge"));
     kinds.push(("pgcell_cell_clusters", "gauge"));
+    // Backups of the instances this cell publishes for (it holds, or held last, their leader).
+    let cell = &api.deps.cfg.name;
+    let states: Vec<crate::backup::state::BackupState> =
+        crate::etcd::store::list_json(&mut api.deps.etcd.clone(), &crate::etcd::keys::backups())
+            .await
+            .map_err(OsbError::internal)?;
+    let ours: Vec<_> = states.into_iter().filter(|s| s.member == crate::names::member(&s.instance, cell)).collect();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let (b_samples, b_kinds) = crate::backup::state::metric_samples(&ours, now);
+    samples.extend(b_samples);
+    kinds.extend(b_kinds);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(render(&samples, &kinds)))
 }

@@ -40,7 +40,11 @@ pub fn backups_table(states: &[crate::backup::state::BackupState], now: f64) -> 
             s.last_archived_wal.as_deref().unwrap_or("-"),
             s.archive_failed_count,
             mb(s.info.repo_size()),
-            if s.needs_full() { "; WAL DROPPED: needs a new full backup" } else { "" },
+            match (&s.repo_error, s.needs_full()) {
+                (Some(e), _) => format!("; REPOSITORY UNREACHABLE: {e}"),
+                (None, true) => "; WAL DROPPED: needs a new full backup".into(),
+                _ => String::new(),
+            },
         ));
         for b in &s.info.backups {
             out.push(format!(

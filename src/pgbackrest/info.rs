@@ -54,6 +54,14 @@ struct RawStanza {
     backup: Vec<RawBackup>,
     #[serde(default)]
     archive: Vec<RawArchive>,
+    #[serde(default)]
+    repo: Vec<RawRepo>,
+}
+
+#[derive(Deserialize)]
+struct RawRepo {
+    #[serde(default)]
+    status: RawStatus,
 }
 
 #[derive(Deserialize, Default)]
@@ -114,6 +122,12 @@ pub fn parse(json: &str) -> anyhow::Result<StanzaInfo> {
         .map(|a| a.iter().map(|b| b["timestamp"]["start"].as_i64().unwrap_or_default()).collect())
         .unwrap_or_default();
     let s: RawStanza = serde_json::from_value(first)?;
+    // 99 ("other"): pgBackRest could not read the repository (unreachable,
+    // permission denied); it still exits 0. Not "no backups": an error.
+    if s.status.code == 99 {
+        let repo = s.repo.iter().map(|r| r.status.message.as_str()).collect::<Vec<_>>().join("; ");
+        anyhow::bail!("pgbackrest info: {}: {repo}", s.status.message);
+    }
     let backups = s
         .backup
         .into_iter()
@@ -188,6 +202,9 @@ mod tests {
             parse(r#"[{"name":"x","status":{"code":1,"message":"missing stanza path"},"backup":[],"archive":[]}]"#)
                 .unwrap();
         assert!(!missing.exists());
+        let down = r#"[{"archive":[],"backup":[],"name":"q","repo":[{"key":1,"status":{"code":99,"message":"[PathOpenError] Permission denied"}}],"status":{"code":99,"message":"other"}}]"#;
+        let err = parse(down).unwrap_err().to_string();
+        assert!(err.contains("Permission denied"), "{err}");
     }
 
     #[test]
