@@ -145,6 +145,50 @@ pub fn push_heartbeat(list: &mut Vec<Heartbeat>, h: Heartbeat) {
     list.drain(..extra);
 }
 
+/// Gauges of the instances whose backup state `states` holds, for `/metrics`.
+pub fn metric_samples(
+    states: &[BackupState],
+    now: f64,
+) -> (Vec<crate::metrics::Sample>, Vec<(&'static str, &'static str)>) {
+    let mut out: Vec<crate::metrics::Sample> = vec![];
+    for s in states {
+        let l = || vec![("instance", s.instance.clone())];
+        if let Some(age) = s.archive_age(now) {
+            out.push(("pgcell_backup_last_archived_wal_age_seconds", l(), age as u64));
+        }
+        out.push(("pgcell_backup_archive_failures_total", l(), s.archive_failed_count));
+        out.push(("pgcell_backup_wal_dropped_total", l(), s.wal_dropped));
+        out.push(("pgcell_backup_needs_full", l(), u64::from(s.needs_full())));
+        out.push(("pgcell_backup_repository_ok", l(), u64::from(s.repo_error.is_none())));
+        out.push(("pgcell_backup_repository_bytes", l(), s.info.repo_size()));
+        out.push(("pgcell_backup_count", l(), s.info.backups.len() as u64));
+        if let Some(b) = s.info.backups.last() {
+            out.push(("pgcell_backup_last_age_seconds", l(), (now as i64 - b.stop).max(0) as u64));
+            out.push(("pgcell_backup_last_size_bytes", l(), b.size));
+            out.push(("pgcell_backup_last_repo_bytes", l(), b.repo_size));
+            out.push(("pgcell_backup_last_duration_seconds", l(), (b.stop - b.start).max(0) as u64));
+        }
+        if let Some(r) = &s.last_run {
+            out.push(("pgcell_backup_last_run_ok", l(), u64::from(r.ok)));
+        }
+    }
+    let kinds = vec![
+        ("pgcell_backup_last_archived_wal_age_seconds", "gauge"),
+        ("pgcell_backup_archive_failures_total", "counter"),
+        ("pgcell_backup_wal_dropped_total", "counter"),
+        ("pgcell_backup_needs_full", "gauge"),
+        ("pgcell_backup_repository_ok", "gauge"),
+        ("pgcell_backup_repository_bytes", "gauge"),
+        ("pgcell_backup_count", "gauge"),
+        ("pgcell_backup_last_age_seconds", "gauge"),
+        ("pgcell_backup_last_size_bytes", "gauge"),
+        ("pgcell_backup_last_repo_bytes", "gauge"),
+        ("pgcell_backup_last_duration_seconds", "gauge"),
+        ("pgcell_backup_last_run_ok", "gauge"),
+    ];
+    (out, kinds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,48 +247,4 @@ mod tests {
         }
         assert_eq!(s.heartbeats.len(), HEARTBEATS_KEPT);
     }
-}
-
-/// Gauges of the instances whose backup state `states` holds, for `/metrics`.
-pub fn metric_samples(
-    states: &[BackupState],
-    now: f64,
-) -> (Vec<crate::metrics::Sample>, Vec<(&'static str, &'static str)>) {
-    let mut out: Vec<crate::metrics::Sample> = vec![];
-    for s in states {
-        let l = || vec![("instance", s.instance.clone())];
-        if let Some(age) = s.archive_age(now) {
-            out.push(("pgcell_backup_last_archived_wal_age_seconds", l(), age as u64));
-        }
-        out.push(("pgcell_backup_archive_failures_total", l(), s.archive_failed_count));
-        out.push(("pgcell_backup_wal_dropped_total", l(), s.wal_dropped));
-        out.push(("pgcell_backup_needs_full", l(), u64::from(s.needs_full())));
-        out.push(("pgcell_backup_repository_ok", l(), u64::from(s.repo_error.is_none())));
-        out.push(("pgcell_backup_repository_bytes", l(), s.info.repo_size()));
-        out.push(("pgcell_backup_count", l(), s.info.backups.len() as u64));
-        if let Some(b) = s.info.backups.last() {
-            out.push(("pgcell_backup_last_age_seconds", l(), (now as i64 - b.stop).max(0) as u64));
-            out.push(("pgcell_backup_last_size_bytes", l(), b.size));
-            out.push(("pgcell_backup_last_repo_bytes", l(), b.repo_size));
-            out.push(("pgcell_backup_last_duration_seconds", l(), (b.stop - b.start).max(0) as u64));
-        }
-        if let Some(r) = &s.last_run {
-            out.push(("pgcell_backup_last_run_ok", l(), u64::from(r.ok)));
-        }
-    }
-    let kinds = vec![
-        ("pgcell_backup_last_archived_wal_age_seconds", "gauge"),
-        ("pgcell_backup_archive_failures_total", "counter"),
-        ("pgcell_backup_wal_dropped_total", "counter"),
-        ("pgcell_backup_needs_full", "gauge"),
-        ("pgcell_backup_repository_ok", "gauge"),
-        ("pgcell_backup_repository_bytes", "gauge"),
-        ("pgcell_backup_count", "gauge"),
-        ("pgcell_backup_last_age_seconds", "gauge"),
-        ("pgcell_backup_last_size_bytes", "gauge"),
-        ("pgcell_backup_last_repo_bytes", "gauge"),
-        ("pgcell_backup_last_duration_seconds", "gauge"),
-        ("pgcell_backup_last_run_ok", "gauge"),
-    ];
-    (out, kinds)
 }
