@@ -6,74 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::backup::*;
 use common::http::osb;
 use common::*;
-use pgcell::broker::catalog::{PLANS, SERVICE_ID};
-use serde_json::{Value, json};
-
-fn plan_id(name: &str) -> &'static str {
-    PLANS.iter().find(|p| p.name == name).unwrap().id
-}
-
-fn provision_body(plan: &str, params: Value) -> String {
-    json!({"service_id": SERVICE_ID, "plan_id": plan_id(plan), "organization_guid": "org", "space_guid": "space", "parameters": params})
-        .to_string()
-}
-
-async fn provision(broker: &str, id: &str, plan: &str, params: Value) -> common::http::Resp {
-    osb(
-        "PUT",
-        &format!("{broker}/v2/service_instances/{id}?accepts_incomplete=true"),
-        Some(&provision_body(plan, params)),
-    )
-    .await
-}
-
-/// Polls `last_operation` until it settles; (state or "gone", description).
-async fn wait_operation(broker: &str, id: &str, timeout: Duration) -> (String, String) {
-    let t0 = Instant::now();
-    let url = format!("{broker}/v2/service_instances/{id}/last_operation");
-    let mut last = String::new();
-    loop {
-        let r = osb("GET", &url, None).await;
-        if r.status == 410 {
-            return ("gone".into(), String::new());
-        }
-        assert_eq!(r.status, 200, "{}", r.text);
-        let (state, desc) =
-            (r.body["state"].as_str().unwrap().to_string(), r.body["description"].as_str().unwrap_or("").to_string());
-        if desc != last {
-            eprintln!("  [{:5.1}s] {id}: {state}: {desc}", t0.elapsed().as_secs_f64());
-            last = desc.clone();
-        }
-        if state != "in progress" {
-            return (state, desc);
-        }
-        assert!(t0.elapsed() < timeout, "operation on {id} still in progress after {timeout:?}: {desc}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// The instance's backup state as the leader's cell published it.
-async fn backup_state(d: &Deployment, id: &str) -> Option<Value> {
-    let mut c = d.etcd.client().await;
-    let resp = c.get(format!("/pgcell/backups/{id}"), None).await.ok()?;
-    resp.kvs().first().map(|kv| serde_json::from_slice(kv.value()).unwrap())
-}
-
-/// Waits for at least `n` backups of the instance.
-async fn wait_backups(d: &Deployment, id: &str, n: usize, timeout: Duration) -> Value {
-    wait_for(&format!("{n} backup(s) of {id}"), timeout, || async move {
-        backup_state(d, id).await.filter(|s| s["info"]["backups"].as_array().is_some_and(|b| b.len() >= n))
-    })
-    .await
-}
-
-/// The superuser URL of the instance's `app` database, through the router.
-async fn app_url(d: &Deployment, id: &str) -> String {
-    let url = d.superuser_url(id, d.router_port(id).await).await;
-    format!("{}/app", url.strip_suffix("/postgres").unwrap())
-}
+use pgcell::broker::catalog::SERVICE_ID;
+use serde_json::json;
 
 #[tokio::test]
 async fn first_backup_after_provisioning_and_on_demand() {
@@ -114,24 +51,6 @@ async fn first_backup_after_provisioning_and_on_demand() {
     let bad = json!({"service_id": SERVICE_ID, "parameters": {"backup": "yesterday"}}).to_string();
     let r = osb("PATCH", &format!("{broker}/v2/service_instances/f1?accepts_incomplete=true"), Some(&bad)).await;
     assert_eq!(r.status, 400, "{}", r.text);
-}
-
-/// Provisions `id` restored from `restore`, retrying while the target is not
-/// archived yet (the broker says so with a 400); returns the last response.
-async fn provision_restore(broker: &str, id: &str, restore: Value) -> common::http::Resp {
-    let t0 = Instant::now();
-    loop {
-        let r = provision(broker, id, "single", json!({"restore": restore})).await;
-        let waiting = r.status == 400 && r.text.contains("after the last archived WAL");
-        if !waiting || t0.elapsed() > Duration::from_secs(90) {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-fn count(url: &str) -> String {
-    psql(url, "select count(*) from t").unwrap()
 }
 
 #[tokio::test]
@@ -268,13 +187,6 @@ async fn restore_of_a_deprovisioned_instance_and_clone_of_a_live_one_under_write
     assert_eq!(count(&live), now.to_string(), "writes to the clone stay in the clone");
 }
 
-/// The value of a metric line `name{instance="id"} v` on the cell's `/metrics`.
-async fn metric(d: &Deployment, name: &str, id: &str) -> Option<u64> {
-    let text = common::http::call("GET", &d.cells[0].url("/metrics"), common::http::SEED_AUTH, None).await.text;
-    let prefix = format!("{name}{{instance=\"{id}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-}
-
 #[tokio::test]
 async fn repository_unreachable_primary_serves_disk_bounded_then_catches_up() {
     use std::os::unix::fs::PermissionsExt;
@@ -341,4 +253,31 @@ async fn repository_unreachable_primary_serves_disk_bounded_then_catches_up() {
     assert!(kinds.len() >= 2 && kinds.iter().all(|k| *k == "full"), "{kinds:?}");
     assert_eq!(metric(&d, "pgcell_backup_needs_full", "q").await, Some(0));
     assert_eq!(metric(&d, "pgcell_backup_repository_ok", "q").await, Some(1));
+}
+
+#[tokio::test]
+async fn new_replicas_come_from_the_repository_once_a_backup_exists() {
+    let mut d = Deployment::start(2).await;
+    d.start_router("r1", 8000).await;
+    let broker = d.start_broker("b1").await;
+    assert_eq!(provision(&broker, "rep", "single", json!({})).await.status, 202);
+    assert_eq!(wait_operation(&broker, "rep", Duration::from_secs(120)).await.0, "succeeded");
+    let url = app_url(&d, "rep").await;
+    psql(&url, "create table t(x int); insert into t select generate_series(1, 7)").unwrap();
+    wait_backups(&d, "rep", 1, Duration::from_secs(120)).await;
+    let upd = json!({"service_id": SERVICE_ID, "plan_id": plan_id("ha-2")}).to_string();
+    let r = osb("PATCH", &format!("{broker}/v2/service_instances/rep?accepts_incomplete=true"), Some(&upd)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let (state, desc) = wait_operation(&broker, "rep", Duration::from_secs(180)).await;
+    assert_eq!(state, "succeeded", "{desc}");
+    let leader = d.leader("rep").await.unwrap();
+    let replica_cell = 1 - d.cell_of("rep", &leader);
+    let container = format!("pgcell-cf-rep-{}", d.cells[replica_cell].name);
+    let out = std::process::Command::new("docker").args(["logs", &container]).output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(log.contains("replica has been created using pgbackrest"), "the replica did not come from the repository:\n{log}");
+    let replica = d.superuser_url("rep", d.member_port("rep", replica_cell).await).await;
+    let replica = format!("{}/app", replica.strip_suffix("/postgres").unwrap());
+    assert_eq!(psql(&replica, "select count(*) from t").unwrap(), "7");
+    assert_eq!(psql(&replica, "select pg_is_in_recovery()").unwrap(), "t");
 }

@@ -3,6 +3,7 @@
 //! processes by PID, containers by their deployment label, data in a temp dir.
 #![allow(dead_code)]
 
+pub mod backup;
 pub mod http;
 pub mod inproc;
 
