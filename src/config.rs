@@ -92,6 +92,9 @@ pub struct BackupConfig {
     pub diff_every_hours: u64,
     /// How often each leader's cell refreshes the instance's backup state in etcd.
     pub refresh_secs: u64,
+    /// How often each instance's latest backup is restored into a scratch
+    /// container and checked (PostgreSQL starts, a query runs, `pgbackrest verify`).
+    pub check_every_secs: u64,
 }
 
 impl Default for BackupConfig {
@@ -105,6 +108,7 @@ impl Default for BackupConfig {
             full_every_hours: 7 * 24,
             diff_every_hours: 24,
             refresh_secs: 10,
+            check_every_secs: 24 * 3600,
         }
     }
 }
@@ -161,6 +165,7 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_ARCHIVE_TIMEOUT_SECS", "backup.archive_timeout_secs"),
     ("PGCELL_ARCHIVE_PUSH_QUEUE_MAX", "backup.archive_push_queue_max"),
     ("PGCELL_BACKUP_REFRESH_SECS", "backup.refresh_secs"),
+    ("PGCELL_BACKUP_CHECK_EVERY_SECS", "backup.check_every_secs"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 

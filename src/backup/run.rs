@@ -115,6 +115,10 @@ async fn run(deps: &CellDeps, container: &str, id: &str, action: Action, s: &mut
             ("full", None, "first backup")
         }
         Action::Backup { kind, request, why } => (kind, request, why),
+        Action::Check { label } => {
+            s.last_check = Some(check(deps, id, &label).await);
+            return;
+        }
     };
     tracing::info!(instance = %id, kind, why, "backup starting");
     let dropped_before = s.wal_dropped;
@@ -183,11 +187,21 @@ async fn probe(deps: &CellDeps, container: &str, port: u16, s: &mut BackupState)
     };
     let num = |v: &str| v.parse::<f64>().ok().filter(|x| *x > 0.0);
     state::push_heartbeat(&mut s.heartbeats, Heartbeat { at: at.parse()?, lsn: lsn.into(), walfile: walfile.into() });
-    s.last_archived_wal = Some(archived.to_string()).filter(|a| !a.is_empty());
+    // Only a WAL segment (or the partial one archived at a promotion) says how
+    // far the archive reaches: a `.backup` or `.history` file is archived
+    // before the segment it names.
+    if is_segment(archived) {
+        s.last_archived_wal = Some(archived.to_string());
+    }
     s.last_archived_at = num(archived_at);
     s.archive_failed_count = failed.parse().unwrap_or_default();
     s.last_failed_at = num(failed_at);
     Ok(())
+}
+
+fn is_segment(name: &str) -> bool {
+    let base = name.strip_suffix(".partial").unwrap_or(name);
+    base.len() == 24 && base.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// WAL segments pgBackRest dropped because the queue was full (its async log says so).
@@ -200,4 +214,87 @@ fn dropped_wal(deps: &CellDeps, member: &str) -> u64 {
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .map(|t| t.matches("dropped WAL file").count() as u64)
         .sum()
+}
+
+/// Restores backup `label` of the instance into a scratch container (to the
+/// backup's consistent point), starts PostgreSQL there, runs a query, and runs
+/// `pgbackrest verify` over the stanza: the backup is proven restorable.
+async fn check(deps: &CellDeps, id: &str, label: &str) -> state::Check {
+    let started = now();
+    tracing::info!(instance = %id, backup = %label, "restore check starting");
+    let script = check_script(id, label);
+    let member = crate::names::member(id, &deps.cfg.name);
+    let conf = deps.member_dir(&member).join(crate::pgbackrest::CONF_FILE);
+    let name = format!("pgcell-check-{id}");
+    let scratch = crate::docker::scratch::Scratch {
+        name: &name,
+        image: &deps.cfg.image,
+        labels: [
+            (crate::docker::LABEL_DEPLOYMENT.to_string(), deps.cfg.deployment.clone()),
+            ("org.pgcell.check".to_string(), id.to_string()),
+        ]
+        .into(),
+        binds: vec![
+            format!("{}:{}", deps.cfg.backup.repo_path.display(), crate::pgbackrest::REPO_MOUNT),
+            format!("{}:/etc/pgcell-check/pgbackrest.conf:ro", conf.display()),
+        ],
+        memory_mb: 512,
+        script: &script,
+    };
+    let res = crate::docker::scratch::run(&deps.docker, &scratch).await;
+    let res = res.and_then(|o| {
+        anyhow::ensure!(
+            o.stdout.contains("PGCELL-CHECK-OK"),
+            "{:#}",
+            o.clone().check("restore check").err().map_or("no OK line".into(), |e| format!("{e:#}"))
+        );
+        Ok(o)
+    });
+    let secs = now() - started;
+    match &res {
+        Ok(_) => tracing::info!(instance = %id, backup = %label, secs, "restore check passed"),
+        Err(e) => tracing::warn!(instance = %id, backup = %label, error = %format!("{e:#}"), "restore check FAILED"),
+    }
+    state::Check {
+        at: started as i64,
+        label: label.into(),
+        ok: res.is_ok(),
+        secs,
+        error: res.err().map(|e| format!("{e:#}")),
+    }
+}
+
+/// The scratch container's script: the data directory at the member's path,
+/// so the restored configuration's file paths hold.
+fn check_script(id: &str, label: &str) -> String {
+    format!(
+        r#"set -e
+d={pgdata}
+mkdir -p "$d" /var/lib/pgcell/spool /var/lib/pgcell/pgbackrest-log
+cp /etc/pgcell-check/pgbackrest.conf /var/lib/pgcell/pgbackrest.conf
+chown postgres:postgres /var/lib/pgcell /var/lib/pgcell/pgbackrest.conf "$d" /var/lib/pgcell/spool /var/lib/pgcell/pgbackrest-log
+chmod 0700 "$d"
+runuser -u postgres -- pgbackrest --stanza={id} --set={label} --type=immediate --target-action=promote restore
+runuser -u postgres -- pg_ctl -D "$d" -l /tmp/pg.log -w -t 600 \
+  -o "-c listen_addresses='' -c port=5432 -c unix_socket_directories=/tmp -c archive_mode=off" start \
+  || {{ tail -n 20 /tmp/pg.log; exit 1; }}
+runuser -u postgres -- psql -X -At -h /tmp -p 5432 -d postgres -c "select count(*) from pg_database"
+runuser -u postgres -- pg_ctl -D "$d" -m fast stop
+runuser -u postgres -- pgbackrest --stanza={id} verify
+echo PGCELL-CHECK-OK
+"#,
+        pgdata = crate::pgbackrest::PGDATA
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_segments_move_the_archive_mark() {
+        assert!(super::is_segment("00000001000000000000003C"));
+        assert!(super::is_segment("00000002000000000000003C.partial"));
+        assert!(!super::is_segment("00000001000000000000003C.000000D8.backup"));
+        assert!(!super::is_segment("00000002.history"));
+        assert!(!super::is_segment(""));
+    }
 }

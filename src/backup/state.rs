@@ -32,6 +32,16 @@ pub struct Run {
     pub error: Option<String>,
 }
 
+/// A restore check: the latest backup restored into a scratch container.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct Check {
+    pub at: i64,
+    pub label: String,
+    pub ok: bool,
+    pub secs: f64,
+    pub error: Option<String>,
+}
+
 /// Asked for a backup now (broker update parameter `{"backup": "full"}`, `pgcell backup`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Request {
@@ -64,6 +74,8 @@ pub struct BackupState {
     /// Why the repository could not be read on the last pass (`None`: it could).
     #[serde(default)]
     pub repo_error: Option<String>,
+    #[serde(default)]
+    pub last_check: Option<Check>,
 }
 
 impl BackupState {
@@ -90,6 +102,10 @@ impl BackupState {
 pub enum Action {
     /// The stanza does not exist yet: create it, then a full backup.
     CreateStanza,
+    /// Restore this backup into a scratch container and check it.
+    Check {
+        label: String,
+    },
     Backup {
         kind: &'static str,
         request: Option<String>,
@@ -131,6 +147,11 @@ pub fn decide(s: &BackupState, request: Option<&Request>, cfg: &BackupConfig, no
     if now - last.stop >= hours(cfg.diff_every_hours) {
         return Some(Action::Backup { kind: "diff", request: None, why: "scheduled differential" });
     }
+    // The first check comes one interval after the first backup, then one per interval.
+    let since = s.last_check.as_ref().map_or_else(|| s.info.backups.first().map_or(now, |b| b.stop), |c| c.at);
+    if now - since >= i64::try_from(cfg.check_every_secs).unwrap_or(i64::MAX) {
+        return Some(Action::Check { label: last.label.clone() });
+    }
     None
 }
 
@@ -171,6 +192,10 @@ pub fn metric_samples(
         if let Some(r) = &s.last_run {
             out.push(("pgcell_backup_last_run_ok", l(), u64::from(r.ok)));
         }
+        if let Some(c) = &s.last_check {
+            out.push(("pgcell_backup_check_ok", l(), u64::from(c.ok)));
+            out.push(("pgcell_backup_check_age_seconds", l(), (now as i64 - c.at).max(0) as u64));
+        }
     }
     let kinds = vec![
         ("pgcell_backup_last_archived_wal_age_seconds", "gauge"),
@@ -185,6 +210,8 @@ pub fn metric_samples(
         ("pgcell_backup_last_repo_bytes", "gauge"),
         ("pgcell_backup_last_duration_seconds", "gauge"),
         ("pgcell_backup_last_run_ok", "gauge"),
+        ("pgcell_backup_check_ok", "gauge"),
+        ("pgcell_backup_check_age_seconds", "gauge"),
     ];
     (out, kinds)
 }
@@ -211,7 +238,8 @@ mod tests {
 
     #[test]
     fn schedule_requests_and_gaps() {
-        let cfg = BackupConfig::default();
+        // Restore checks out of the way here (they have their own asserts below).
+        let cfg = BackupConfig { check_every_secs: 30 * 86400, ..Default::default() };
         let day = 24 * 3600;
         let s = with_backups(&[("full", 0), ("diff", 3 * day)]);
         assert_eq!(decide(&s, None, &cfg, 3 * day + 10), None);

@@ -12,6 +12,7 @@ use bollard::query_parameters::{
 use futures::Stream;
 
 pub mod exec;
+pub mod scratch;
 
 pub const LABEL_MANAGED: &str = "org.pgcell.managed";
 pub const LABEL_DEPLOYMENT: &str = "org.pgcell.deployment";

@@ -34,8 +34,12 @@ pub fn backups_table(states: &[crate::backup::state::BackupState], now: f64) -> 
                 r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
             )
         });
+        let check = s.last_check.as_ref().map_or("not yet".into(), |c| {
+            let how = if c.ok { "ok".to_string() } else { format!("FAILED: {}", c.error.as_deref().unwrap_or("?")) };
+            format!("{how}, {:.0} s ago, backup {}", (now - c.at as f64).max(0.0), c.label)
+        });
         out.push(format!(
-            "{}: recoverable {window}; last WAL archived {age} ({}); archive failures {}; repository {}; last run: {run}{}",
+            "{}: recoverable {window}; last WAL archived {age} ({}); archive failures {}; repository {}; last run: {run}; restore check: {check}{}",
             s.instance,
             s.last_archived_wal.as_deref().unwrap_or("-"),
             s.archive_failed_count,
