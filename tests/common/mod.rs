@@ -322,7 +322,7 @@ impl Deployment {
             // One repository for the deployment's cells: the shared filesystem of a fleet.
             ("PGCELL_BACKUP_REPO_PATH", self.tmp.path().join("backups").display().to_string()),
             ("PGCELL_ARCHIVE_TIMEOUT_SECS", "10".to_string()),
-            ("PGCELL_BACKUP_REFRESH_SECS", "2".to_string()),
+            ("PGCELL_BACKUP_REFRESH_SECS", "3".to_string()),
         ]
         .into_iter()
         .chain(extra.iter().cloned())
