@@ -69,7 +69,7 @@ pub struct CellConfig {
 
 /// Where and how members back up (docs/backups.md). Every cell of a fleet
 /// must agree: a member's replicas and clones read what another cell wrote.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackupConfig {
     /// Off: no archiving, no backups (members render no archive_command).
@@ -95,6 +95,98 @@ pub struct BackupConfig {
     /// How often each instance's latest backup is restored into a scratch
     /// container and checked (PostgreSQL starts, a query runs, `pgbackrest verify`).
     pub check_every_secs: u64,
+    /// `posix` (`repo_path` on the host, shared between hosts) or `s3`.
+    pub repo_type: String,
+    pub s3: S3Config,
+    /// Non-empty: the repository is encrypted (aes-256-cbc) with this passphrase.
+    /// Cannot be changed once a stanza exists.
+    pub cipher_pass: String,
+}
+
+/// An S3-compatible repository (pgBackRest `repo1-type=s3`; HTTPS only).
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Host name of the S3 endpoint (no scheme), e.g. `s3.eu-central-1.amazonaws.com`.
+    pub endpoint: String,
+    /// 0: 443.
+    pub port: u16,
+    /// The bucket must exist (pgBackRest never creates it).
+    pub bucket: String,
+    pub region: String,
+    /// `path` for most S3-compatible servers, `host` (virtual-host style) for AWS.
+    pub uri_style: String,
+    /// Path of the repository inside the bucket.
+    pub path: String,
+    /// CA bundle to verify the endpoint with (mounted into the member containers); empty: the system's.
+    pub ca_file: String,
+    pub key: String,
+    pub key_secret: String,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            port: 0,
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            uri_style: "path".into(),
+            path: "/pgcell".into(),
+            ca_file: String::new(),
+            key: String::new(),
+            key_secret: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Config {
+    // The keys never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "S3Config({}:{} bucket {} region {} <keys redacted>)",
+            self.endpoint, self.port, self.bucket, self.region
+        )
+    }
+}
+
+impl std::fmt::Debug for BackupConfig {
+    // The encryption passphrase (and, in `S3Config`, the keys) never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupConfig")
+            .field("enabled", &self.enabled)
+            .field("repo_type", &self.repo_type)
+            .field("repo_path", &self.repo_path)
+            .field("s3", &self.s3)
+            .field("encrypted", &!self.cipher_pass.is_empty())
+            .field("retention_days", &self.retention_days)
+            .field("archive_timeout_secs", &self.archive_timeout_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackupConfig {
+    pub fn is_s3(&self) -> bool {
+        self.repo_type == "s3"
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self.repo_type.as_str() {
+            "posix" => {}
+            "s3" => {
+                let s = &self.s3;
+                if s.endpoint.is_empty() || s.bucket.is_empty() || s.key.is_empty() || s.key_secret.is_empty() {
+                    bail!("backup.repo_type = \"s3\" needs backup.s3.endpoint, bucket, key and key_secret");
+                }
+                if s.uri_style != "path" && s.uri_style != "host" {
+                    bail!("backup.s3.uri_style must be \"path\" or \"host\"");
+                }
+            }
+            other => bail!("backup.repo_type {other:?} is not \"posix\" or \"s3\""),
+        }
+        Ok(())
+    }
 }
 
 impl Default for BackupConfig {
@@ -109,6 +201,9 @@ impl Default for BackupConfig {
             diff_every_hours: 24,
             refresh_secs: 10,
             check_every_secs: 24 * 3600,
+            repo_type: "posix".into(),
+            s3: S3Config::default(),
+            cipher_pass: String::new(),
         }
     }
 }
@@ -166,6 +261,17 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_ARCHIVE_PUSH_QUEUE_MAX", "backup.archive_push_queue_max"),
     ("PGCELL_BACKUP_REFRESH_SECS", "backup.refresh_secs"),
     ("PGCELL_BACKUP_CHECK_EVERY_SECS", "backup.check_every_secs"),
+    ("PGCELL_BACKUP_REPO_TYPE", "backup.repo_type"),
+    ("PGCELL_BACKUP_CIPHER_PASS", "backup.cipher_pass"),
+    ("PGCELL_S3_ENDPOINT", "backup.s3.endpoint"),
+    ("PGCELL_S3_PORT", "backup.s3.port"),
+    ("PGCELL_S3_BUCKET", "backup.s3.bucket"),
+    ("PGCELL_S3_REGION", "backup.s3.region"),
+    ("PGCELL_S3_URI_STYLE", "backup.s3.uri_style"),
+    ("PGCELL_S3_PATH", "backup.s3.path"),
+    ("PGCELL_S3_CA_FILE", "backup.s3.ca_file"),
+    ("PGCELL_S3_KEY", "backup.s3.key"),
+    ("PGCELL_S3_KEY_SECRET", "backup.s3.key_secret"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -188,7 +294,7 @@ impl CellConfig {
         if self.etcd_endpoints.is_empty() {
             bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
         }
-        Ok(())
+        self.backup.validate()
     }
 
     /// The port range as `(first, last)`, inclusive.
@@ -433,6 +539,19 @@ mod tests {
         assert_eq!((cfg.backup.retention_days, cfg.backup.archive_timeout_secs), (3, 10));
         assert_eq!(cfg.backup.repo_path, std::path::Path::new("/r"));
         assert_eq!(cfg.backup.full_every_hours, 168, "the rest of the section keeps its defaults");
+        let s3 = [("PGCELL_BACKUP_REPO_TYPE", "s3"), ("PGCELL_S3_ENDPOINT", "localhost"), ("PGCELL_S3_PORT", "9443")];
+        let err = format!("{:#}", load("", &s3).unwrap_err());
+        assert!(err.contains("needs backup.s3.endpoint, bucket, key and key_secret"), "{err}");
+        let keys = [
+            ("PGCELL_S3_BUCKET", "b"),
+            ("PGCELL_S3_KEY", "AKIA1"),
+            ("PGCELL_S3_KEY_SECRET", "topsecret"),
+            ("PGCELL_BACKUP_CIPHER_PASS", "pass1"),
+        ];
+        let cfg = load("", &[&s3[..], &keys[..]].concat()).unwrap();
+        assert_eq!((cfg.backup.s3.port, cfg.backup.s3.bucket.as_str()), (9443, "b"));
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("topsecret") && !shown.contains("AKIA1") && !shown.contains("pass1"), "{shown}");
     }
 
     #[test]

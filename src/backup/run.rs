@@ -234,10 +234,10 @@ async fn check(deps: &CellDeps, id: &str, label: &str) -> state::Check {
             ("org.pgcell.check".to_string(), id.to_string()),
         ]
         .into(),
-        binds: vec![
-            format!("{}:{}", deps.cfg.backup.repo_path.display(), crate::pgbackrest::REPO_MOUNT),
-            format!("{}:/etc/pgcell-check/pgbackrest.conf:ro", conf.display()),
-        ],
+        binds: crate::pgbackrest::repo_binds(&deps.cfg.backup)
+            .into_iter()
+            .chain([format!("{}:/etc/pgcell-check/pgbackrest.conf:ro", conf.display())])
+            .collect(),
         memory_mb: 512,
         script: &script,
     };

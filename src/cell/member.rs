@@ -81,8 +81,10 @@ impl CellDeps {
         if let Some(b) = backup {
             let conf = crate::pgbackrest::render_conf(b, &p.instance_id, p.pg_port);
             write_private(&dir.join(crate::pgbackrest::CONF_FILE), conf.as_bytes())?;
-            std::fs::create_dir_all(&b.repo_path)
-                .with_context(|| format!("cannot create the backup repository {}", b.repo_path.display()))?;
+            if !b.is_s3() {
+                std::fs::create_dir_all(&b.repo_path)
+                    .with_context(|| format!("cannot create the backup repository {}", b.repo_path.display()))?;
+            }
         }
         Ok(())
     }
@@ -103,7 +105,10 @@ impl CellDeps {
                 image: self.cfg.image.clone(),
                 labels: self.labels(p),
                 member_dir: self.member_dir(&p.member).display().to_string(),
-                repo_dir: Some(&self.cfg.backup).filter(|b| b.enabled).map(|b| b.repo_path.display().to_string()),
+                binds: Some(&self.cfg.backup)
+                    .filter(|b| b.enabled)
+                    .map(crate::pgbackrest::repo_binds)
+                    .unwrap_or_default(),
                 memory_mb: p.memory_mb,
             };
             docker::create(&self.docker, &spec).await?;

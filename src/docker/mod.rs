@@ -49,8 +49,8 @@ pub struct ContainerSpec {
     pub labels: HashMap<String, String>,
     /// Host directory mounted at the Patroni mount point.
     pub member_dir: String,
-    /// Host directory of the backup repository, mounted at pgBackRest's repository path.
-    pub repo_dir: Option<String>,
+    /// More `host:container[:ro]` mounts (the backup repository, its CA file).
+    pub binds: Vec<String>,
     pub memory_mb: u64,
 }
 
@@ -92,7 +92,7 @@ pub async fn create(docker: &Docker, spec: &ContainerSpec) -> anyhow::Result<()>
         init: Some(true),
         binds: Some(
             std::iter::once(format!("{}:{}", spec.member_dir, crate::patroni::config::MOUNT))
-                .chain(spec.repo_dir.iter().map(|r| format!("{r}:{}", crate::pgbackrest::REPO_MOUNT)))
+                .chain(spec.binds.iter().cloned())
                 .collect(),
         ),
         memory: Some((spec.memory_mb * 1024 * 1024) as i64),

@@ -19,7 +19,7 @@ pub const CONF_FILE: &str = "pgbackrest.conf";
 pub fn render_conf(cfg: &BackupConfig, stanza: &str, pg_port: u16) -> String {
     format!(
         "[global]\n\
-         repo1-path={REPO_MOUNT}\n\
+         {repo}\
          repo1-retention-full-type=time\n\
          repo1-retention-full={retention}\n\
          compress-type=zst\n\
@@ -42,9 +42,47 @@ pub fn render_conf(cfg: &BackupConfig, stanza: &str, pg_port: u16) -> String {
          pg1-port={pg_port}\n\
          pg1-socket-path=/var/run/postgresql\n\
          pg1-user=postgres\n",
+        repo = repo_options(cfg),
         retention = cfg.retention_days.max(1),
         queue = cfg.archive_push_queue_max,
     )
+}
+
+/// Where a member's S3 CA file is mounted.
+pub const S3_CA_MOUNT: &str = "/etc/pgcell/s3-ca.pem";
+
+/// The repository lines: a path on the mounted host directory, or S3.
+fn repo_options(cfg: &BackupConfig) -> String {
+    let mut out = String::new();
+    if cfg.is_s3() {
+        let s = &cfg.s3;
+        out.push_str(&format!(
+            "repo1-type=s3\nrepo1-path={}\nrepo1-s3-endpoint={}\nrepo1-s3-bucket={}\nrepo1-s3-region={}\n\
+             repo1-s3-uri-style={}\nrepo1-s3-key={}\nrepo1-s3-key-secret={}\n",
+            s.path, s.endpoint, s.bucket, s.region, s.uri_style, s.key, s.key_secret
+        ));
+        if s.port != 0 {
+            out.push_str(&format!("repo1-storage-port={}\n", s.port));
+        }
+        if !s.ca_file.is_empty() {
+            out.push_str(&format!("repo1-storage-ca-file={S3_CA_MOUNT}\n"));
+        }
+    } else {
+        out.push_str(&format!("repo1-path={REPO_MOUNT}\n"));
+    }
+    if !cfg.cipher_pass.is_empty() {
+        out.push_str(&format!("repo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass={}\n", cfg.cipher_pass));
+    }
+    out
+}
+
+/// Host paths mounted into member (and scratch) containers for the repository.
+pub fn repo_binds(cfg: &BackupConfig) -> Vec<String> {
+    if cfg.is_s3() {
+        let ca = &cfg.s3.ca_file;
+        return if ca.is_empty() { vec![] } else { vec![format!("{ca}:{S3_CA_MOUNT}:ro")] };
+    }
+    vec![format!("{}:{REPO_MOUNT}", cfg.repo_path.display())]
 }
 
 /// PostgreSQL's `archive_command`: asynchronous push into the member's own stanza.
@@ -131,6 +169,30 @@ mod tests {
         assert!(c.contains("compress-type=zst"));
         assert!(c.contains("repo1-retention-full=7"));
         assert_eq!(archive_command("i1"), "pgbackrest --stanza=i1 archive-push %p");
+    }
+
+    #[test]
+    fn s3_repositories_and_encryption() {
+        let mut cfg = BackupConfig { repo_type: "s3".into(), cipher_pass: "pw".into(), ..Default::default() };
+        cfg.s3.endpoint = "localhost".into();
+        cfg.s3.bucket = "b".into();
+        cfg.s3.port = 9443;
+        cfg.s3.ca_file = "/etc/ca.pem".into();
+        let c = render_conf(&cfg, "i1", 30000);
+        for line in [
+            "repo1-type=s3",
+            "repo1-path=/pgcell",
+            "repo1-s3-endpoint=localhost",
+            "repo1-s3-uri-style=path",
+            "repo1-storage-port=9443",
+            "repo1-storage-ca-file=/etc/pgcell/s3-ca.pem",
+            "repo1-cipher-type=aes-256-cbc",
+        ] {
+            assert!(c.lines().any(|l| l == line), "{line} missing:\n{c}");
+        }
+        assert_eq!(repo_binds(&cfg), ["/etc/ca.pem:/etc/pgcell/s3-ca.pem:ro"]);
+        assert_eq!(repo_binds(&BackupConfig::default()), ["/var/lib/pgcell-backups:/var/lib/pgbackrest"]);
+        assert!(!render_conf(&BackupConfig::default(), "i1", 1).contains("cipher"));
     }
 
     #[test]
