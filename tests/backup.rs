@@ -70,7 +70,7 @@ async fn point_in_time_restore_is_exact_and_bad_targets_are_refused() {
     let mut d = Deployment::start(1).await;
     d.start_router("r1", 8000).await;
     let broker = d.start_broker("b1").await;
-    assert_eq!(provision(&broker, "src", "single", json!({})).await.status, 202);
+    assert_eq!(provision(&broker, "src", "single", json!({"archive_timeout": 15})).await.status, 202);
     assert_eq!(wait_operation(&broker, "src", Duration::from_secs(120)).await.0, "succeeded");
     // A binding on the source: its role must not come along into restores.
     let bind_body = json!({"service_id": SERVICE_ID, "plan_id": plan_id("single")}).to_string();
@@ -79,6 +79,7 @@ async fn point_in_time_restore_is_exact_and_bad_targets_are_refused() {
     let src = app_url(&d, "src").await;
     psql(&src, "create table t(x int, at timestamptz default clock_timestamp())").unwrap();
     wait_backups(&d, "src", 1, Duration::from_secs(120)).await;
+    assert_eq!(psql(&src, "show archive_timeout").unwrap(), "15s", "the instance's own archive timeout");
 
     psql(&src, "insert into t(x) select generate_series(1, 5)").unwrap();
     let noted = psql(&src, "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")

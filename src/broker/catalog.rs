@@ -94,6 +94,10 @@ pub struct Parameters {
     /// Provision only: bootstrap from another instance's backups (clone, point in time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreRequest>,
+    /// Provision only: a WAL segment is archived at least this often (10–60 s;
+    /// default the cells' `backup.archive_timeout_secs`): the RPO bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_timeout: Option<u32>,
 }
 
 /// Backup types an update may ask for (`"now"` is a full one).
@@ -122,6 +126,12 @@ fn schema() -> Value {
                     "target_time": {"type": "string", "description": "RFC 3339 time with a zone"},
                     "target_lsn": {"type": "string", "description": "LSN, e.g. 0/3000060"},
                 },
+            },
+            "archive_timeout": {
+                "type": "integer",
+                "minimum": 10,
+                "maximum": 60,
+                "description": "Provision only: seconds after which a WAL segment is archived even if not full (the RPO bound); default 60",
             },
             "backup": {
                 "type": "string",
@@ -161,9 +171,20 @@ pub fn parse_update(v: &Value) -> Result<(Option<Parameters>, Option<&'static st
 pub fn parse_parameters(v: Option<&Value>) -> Result<Parameters, String> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(Parameters::default()) };
     let obj = v.as_object().ok_or("parameters must be a JSON object")?;
-    if let Some(k) = obj.keys().find(|k| *k != "extensions" && *k != "restore") {
-        return Err(format!("unknown parameter {k:?}; known: extensions, restore (provision), backup (update)"));
+    if let Some(k) = obj.keys().find(|k| !["extensions", "restore", "archive_timeout"].contains(&k.as_str())) {
+        return Err(format!(
+            "unknown parameter {k:?}; known: extensions, restore and archive_timeout (provision), backup (update)"
+        ));
     }
+    let archive_timeout = match obj.get("archive_timeout") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|t| (10..=60).contains(t))
+                .map(|t| t as u32)
+                .ok_or("archive_timeout must be an integer number of seconds from 10 to 60")?,
+        ),
+    };
     let restore = obj.get("restore").map(parse_request).transpose()?;
     let mut extensions = vec![];
     if let Some(ext) = obj.get("extensions") {
@@ -179,7 +200,7 @@ pub fn parse_parameters(v: Option<&Value>) -> Result<Parameters, String> {
             extensions.push(name.to_string());
         }
     }
-    Ok(Parameters { extensions, restore })
+    Ok(Parameters { extensions, restore, archive_timeout })
 }
 
 pub fn catalog() -> Value {
@@ -254,12 +275,15 @@ mod tests {
             json!({"restore": {}}),
             json!({"restore": {"from": "a", "target_time": "yesterday"}}),
             json!({"backup": "now"}),
+            json!({"archive_timeout": 5}),
+            json!({"archive_timeout": "10"}),
         ] {
             assert!(parse_parameters(Some(&bad)).is_err(), "{bad}");
         }
         let r =
             parse_parameters(Some(&json!({"restore": {"from": "a", "target_lsn": "0/1"}}))).unwrap().restore.unwrap();
         assert_eq!((r.from.as_str(), r.target_lsn.as_deref()), ("a", Some("0/1")));
+        assert_eq!(parse_parameters(Some(&json!({"archive_timeout": 10}))).unwrap().archive_timeout, Some(10));
     }
 
     #[test]

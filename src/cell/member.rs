@@ -51,7 +51,15 @@ impl CellDeps {
     /// it holds the cluster's passwords).
     pub async fn write_patroni_config(&self, p: &store::Placement) -> anyhow::Result<()> {
         let secrets = store::ensure_secrets(&mut self.etcd.clone(), &p.instance_id).await?;
-        let backup = Some(&self.cfg.backup).filter(|b| b.enabled);
+        // The instance may ask for a shorter archive timeout (broker parameter).
+        let spec: Option<serde_json::Value> =
+            store::get_json(&mut self.etcd.clone(), &crate::etcd::keys::spec(&p.instance_id)).await?.map(|(v, _)| v);
+        let timeout = spec.as_ref().and_then(|s| s["parameters"]["archive_timeout"].as_u64()).map(|t| t as u32);
+        let backup_cfg = crate::config::BackupConfig {
+            archive_timeout_secs: timeout.unwrap_or(self.cfg.backup.archive_timeout_secs),
+            ..self.cfg.backup.clone()
+        };
+        let backup = Some(&backup_cfg).filter(|b| b.enabled);
         let restore: Option<RestoreSpec> =
             store::get_json(&mut self.etcd.clone(), &crate::etcd::keys::restore(&p.instance_id)).await?.map(|(r, _)| r);
         let rendered = MemberConfig {

@@ -132,10 +132,23 @@ async fn update(
         Some(p) => parse_update(&p).map_err(OsbError::bad_request)?,
         None => (None, None),
     };
-    // An update keeps what the instance was restored from (it names its origin).
+    if parameters
+        .as_ref()
+        .is_some_and(|p| p.archive_timeout.is_some() && p.archive_timeout != spec.parameters.archive_timeout)
+    {
+        return Err(OsbError::bad_request(
+            "archive_timeout is set when provisioning; it cannot be changed by an update",
+        ));
+    }
+    // An update keeps what the instance was restored from (it names its origin)
+    // and its archive timeout.
     let parameters = parameters.map_or_else(
         || spec.parameters.clone(),
-        |p| catalog::Parameters { restore: spec.parameters.restore.clone(), ..p },
+        |p| catalog::Parameters {
+            restore: spec.parameters.restore.clone(),
+            archive_timeout: spec.parameters.archive_timeout,
+            ..p
+        },
     );
     let changes = plan_id != spec.plan_id || parameters != spec.parameters;
     if cur.kind == OpKind::Deprovision || (changes && cur.state == OpState::InProgress) {
