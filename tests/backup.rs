@@ -164,6 +164,8 @@ async fn restore_of_a_deprovisioned_instance_and_clone_of_a_live_one_under_write
     let r = osb("DELETE", &format!("{broker}/v2/service_instances/gone?accepts_incomplete=true&{q}"), None).await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(wait_operation(&broker, "gone", Duration::from_secs(120)).await.0, "gone");
+    let listed = d.pgcell(&["backups", "gone"]);
+    assert!(listed.starts_with("gone (deprovisioned "), "{listed}");
 
     // A writer on the live instance while it is cloned.
     let live = app_url(&d, "live").await;

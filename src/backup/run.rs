@@ -83,6 +83,10 @@ pub async fn tick(deps: &CellDeps, p: &Placement) -> anyhow::Result<BackupState>
 async fn publish(deps: &CellDeps, s: &mut BackupState) -> anyhow::Result<()> {
     s.updated_at = now() as i64;
     let mut etcd = deps.etcd.clone();
+    // A deprovision may have marked it meanwhile (the broker writes only that).
+    if let Some((cur, _)) = store::get_json::<BackupState>(&mut etcd, &keys::backup_state(&s.instance)).await? {
+        s.deleted_at = s.deleted_at.or(cur.deleted_at);
+    }
     etcd.put(keys::backup_state(&s.instance), serde_json::to_vec(s)?, None).await.context("etcd put backup state")?;
     Ok(())
 }

@@ -76,6 +76,9 @@ pub struct BackupState {
     pub repo_error: Option<String>,
     #[serde(default)]
     pub last_check: Option<Check>,
+    /// When the instance was deprovisioned (its backups stay restorable).
+    #[serde(default)]
+    pub deleted_at: Option<i64>,
 }
 
 impl BackupState {

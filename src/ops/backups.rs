@@ -38,9 +38,13 @@ pub fn backups_table(states: &[crate::backup::state::BackupState], now: f64) -> 
             let how = if c.ok { "ok".to_string() } else { format!("FAILED: {}", c.error.as_deref().unwrap_or("?")) };
             format!("{how}, {:.0} s ago, backup {}", (now - c.at as f64).max(0.0), c.label)
         });
+        let name = match s.deleted_at {
+            Some(t) => format!("{} (deprovisioned {:.0} h ago)", s.instance, (now - t as f64).max(0.0) / 3600.0),
+            None => s.instance.clone(),
+        };
         out.push(format!(
             "{}: recoverable {window}; last WAL archived {age} ({}); archive failures {}; repository {}; last run: {run}; restore check: {check}{}",
-            s.instance,
+            name,
             s.last_archived_wal.as_deref().unwrap_or("-"),
             s.archive_failed_count,
             mb(s.info.repo_size()),
