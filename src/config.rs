@@ -124,6 +124,7 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_BACKUP_REFRESH_SECS", "backup.refresh_secs"),
     ("PGCELL_BACKUP_CHECK_EVERY_SECS", "backup.check_every_secs"),
     ("PGCELL_BACKUP_REPO_TYPE", "backup.repo_type"),
+    ("PGCELL_BACKUP_DELETED_KEEP_SECS", "backup.deleted_keep_secs"),
     ("PGCELL_BACKUP_CIPHER_PASS", "backup.cipher_pass"),
     ("PGCELL_S3_ENDPOINT", "backup.s3.endpoint"),
     ("PGCELL_S3_PORT", "backup.s3.port"),

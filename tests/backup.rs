@@ -299,3 +299,31 @@ async fn new_replicas_come_from_the_repository_once_a_backup_exists() {
     assert_eq!(psql(&replica, "select count(*) from t").unwrap(), "7");
     assert_eq!(psql(&replica, "select pg_is_in_recovery()").unwrap(), "t");
 }
+
+#[tokio::test]
+async fn a_deprovisioned_instance_backups_are_deleted_after_their_time() {
+    let mut d = Deployment::start(0).await;
+    let name = format!("{}-c0", d.id);
+    d.add_cell_with_env(&name, &[("PGCELL_BACKUP_DELETED_KEEP_SECS", "20".into())]).await;
+    d.start_router("r1", 8000).await;
+    let broker = d.start_broker("b1").await;
+    assert_eq!(provision(&broker, "old", "single", json!({})).await.status, 202);
+    assert_eq!(wait_operation(&broker, "old", Duration::from_secs(120)).await.0, "succeeded");
+    wait_backups(&d, "old", 1, Duration::from_secs(120)).await;
+    let repo = d.tmp.path().join("backups");
+    assert!(repo.join("backup/old").is_dir() && repo.join("archive/old").is_dir());
+    let q = format!("service_id={SERVICE_ID}&plan_id={}", plan_id("single"));
+    let r = osb("DELETE", &format!("{broker}/v2/service_instances/old?accepts_incomplete=true&{q}"), None).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(wait_operation(&broker, "old", Duration::from_secs(120)).await.0, "gone");
+    // Restorable while kept.
+    assert!(backup_state(&d, "old").await.is_some_and(|s| s["deleted_at"].is_i64()));
+    wait_for("the deleted instance's backups gone", Duration::from_secs(120), || async {
+        backup_state(&d, "old").await.is_none().then_some(())
+    })
+    .await;
+    assert!(!repo.join("backup/old").exists() && !repo.join("archive/old").exists(), "stanza left in the repository");
+    let r = provision(&broker, "new", "single", json!({"restore": {"from": "old"}})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("unknown source"), "{}", r.text);
+}

@@ -14,14 +14,16 @@ use crate::cell::member::CellDeps;
 pub struct BackupActor {
     deps: CellDeps,
     busy: BTreeSet<String>,
+    expiring: bool,
 }
 
 impl BackupActor {
     pub fn new(deps: CellDeps) -> Self {
-        Self { deps, busy: BTreeSet::new() }
+        Self { deps, busy: BTreeSet::new(), expiring: false }
     }
 
     fn pass(&mut self, ctx: &mut Context<Self>) {
+        self.expire(ctx);
         let deps = self.deps.clone();
         ctx.spawn(async move { backup::run::leaders_here(&deps).await }.into_actor(self).map(|res, act, ctx| {
             let leaders = match res {
@@ -43,6 +45,24 @@ impl BackupActor {
                         tracing::warn!(instance = %id, error = %format!("{e:#}"), "backup pass failed; next pass retries");
                     }
                 }));
+            }
+        }));
+    }
+}
+
+impl BackupActor {
+    /// Deprovisioned instances whose backups have had their time (one at a time).
+    fn expire(&mut self, ctx: &mut Context<Self>) {
+        if std::mem::replace(&mut self.expiring, true) {
+            return;
+        }
+        let deps = self.deps.clone();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        ctx.spawn(async move { backup::expire::expire_deleted(&deps, now).await }.into_actor(self).map(|res, act, _| {
+            act.expiring = false;
+            if let Err(e) = res {
+                tracing::warn!(error = %format!("{e:#}"), "expiring deprovisioned instances' backups failed; next pass retries");
             }
         }));
     }

@@ -3,6 +3,7 @@
 //! the leader's container, the result published to etcd), and which restore
 //! targets a stanza can honour ([`target`], plain). See docs/backups.md.
 
+pub mod expire;
 pub mod run;
 pub mod state;
 pub mod target;

@@ -79,6 +79,18 @@ pub struct BackupState {
     /// When the instance was deprovisioned (its backups stay restorable).
     #[serde(default)]
     pub deleted_at: Option<i64>,
+    /// The cell deleting the stanza of a deprovisioned instance, and since when.
+    #[serde(default)]
+    pub expiring: Option<(String, i64)>,
+}
+
+/// Whether a deprovisioned instance's backups are due for deletion: kept
+/// `keep` seconds after the deprovision; a claim older than an hour is stale
+/// (its cell died mid-way) and may be taken over.
+pub fn expire_due(s: &BackupState, keep: u64, now: i64) -> bool {
+    let Some(deleted) = s.deleted_at else { return false };
+    let due = now - deleted >= i64::try_from(keep).unwrap_or(i64::MAX);
+    due && s.expiring.as_ref().is_none_or(|(_, since)| now - since > 3600)
 }
 
 impl BackupState {
@@ -260,6 +272,18 @@ mod tests {
         let failed =
             BackupState { last_run: Some(Run { ok: false, started: 4 * day - 10, ..Default::default() }), ..s };
         assert_eq!(decide(&failed, None, &cfg, 4 * day), None, "no tight retry loop");
+    }
+
+    #[test]
+    fn deleted_instances_expire_after_keep_once() {
+        let mut s = BackupState::default();
+        assert!(!expire_due(&s, 10, 1000), "a live instance never expires");
+        s.deleted_at = Some(1000);
+        assert!(!expire_due(&s, 10, 1005));
+        assert!(expire_due(&s, 10, 1010));
+        s.expiring = Some(("a".into(), 1010));
+        assert!(!expire_due(&s, 10, 1020), "claimed by a cell");
+        assert!(expire_due(&s, 10, 1010 + 3601), "a stale claim is taken over");
     }
 
     #[test]

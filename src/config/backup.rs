@@ -37,6 +37,9 @@ pub struct BackupConfig {
     /// `posix` (`repo_path` on the host, shared between hosts) or `s3`.
     pub repo_type: String,
     pub s3: S3Config,
+    /// A deprovisioned instance's backups are deleted (pgBackRest
+    /// `stanza-delete`) this long after the deprovision; 0: `retention_days`.
+    pub deleted_keep_secs: u64,
     /// Non-empty: the repository is encrypted (aes-256-cbc) with this passphrase.
     /// Cannot be changed once a stanza exists.
     pub cipher_pass: String,
@@ -106,6 +109,11 @@ impl std::fmt::Debug for BackupConfig {
 }
 
 impl BackupConfig {
+    /// How long a deprovisioned instance's backups are kept.
+    pub fn deleted_keep(&self) -> u64 {
+        if self.deleted_keep_secs > 0 { self.deleted_keep_secs } else { u64::from(self.retention_days.max(1)) * 86_400 }
+    }
+
     pub fn is_s3(&self) -> bool {
         self.repo_type == "s3"
     }
@@ -140,6 +148,7 @@ impl Default for BackupConfig {
             diff_every_hours: 24,
             refresh_secs: 10,
             check_every_secs: 24 * 3600,
+            deleted_keep_secs: 0,
             repo_type: "posix".into(),
             s3: S3Config::default(),
             cipher_pass: String::new(),
