@@ -54,6 +54,21 @@ pub enum Command {
     Leaders,
     /// Print each cluster's members: `cf-1 master/running/<host> replica/running/<host> `
     States,
+    /// List backups (type, size, duration) and the recoverable window, of every instance or one
+    Backups {
+        /// Only this instance
+        instance: Option<String>,
+    },
+    /// Ask for a backup of an instance now (taken on its current leader); waits for it unless --no-wait
+    Backup {
+        instance: String,
+        /// full, diff or incr
+        #[arg(long, default_value = "full")]
+        r#type: String,
+        /// Return once asked, without waiting for the backup
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +145,33 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
         Command::Cells { action: Some(CellsAction::Retire { cell, timeout }) } => {
             anyhow::ensure!(crate::names::is_safe(&cell), "{cell:?} is not a cell name (see `pgcell cells`)");
             return crate::ops::retire::retire(&mut client, &cell, std::time::Duration::from_secs(timeout)).await;
+        }
+        Command::Backups { instance } => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+            crate::ops::backups::backups_table(
+                &crate::ops::backups::read_backups(&mut client, instance.as_deref()).await?,
+                now,
+            )
+        }
+        Command::Backup { instance, r#type, no_wait } => {
+            let id = crate::ops::backups::request_backup(&mut client, &instance, &r#type).await?;
+            if no_wait {
+                println!("backup of {instance} requested ({id})");
+                return Ok(());
+            }
+            // The leader's cell answers within its refresh interval, then backs up.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+            loop {
+                let states = crate::ops::backups::read_backups(&mut client, Some(&instance)).await?;
+                if let Some(s) = states.iter().find(|s| s.done_request.as_deref() == Some(id.as_str())) {
+                    let run = s.last_run.clone().unwrap_or_default();
+                    anyhow::ensure!(run.ok, "backup of {instance} failed: {}", run.error.unwrap_or_default());
+                    println!("backup of {instance} done: {} in {:.1} s", run.kind, run.secs);
+                    return Ok(());
+                }
+                anyhow::ensure!(std::time::Instant::now() < deadline, "no answer to the backup request within an hour");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
         }
         Command::Drain { cell } => {
             anyhow::ensure!(crate::names::is_safe(&cell), "{cell:?} is not a cell name (see `pgcell cells`)");

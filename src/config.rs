@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+mod backup;
+pub use backup::{BackupConfig, S3Config};
+
 /// The etcd endpoints every subcommand takes, comma-separated.
 pub const ETCD_ENV: &str = "PGCELL_ETCD_ENDPOINTS";
 
@@ -66,6 +69,8 @@ pub struct CellConfig {
     /// Serve `POST /debug/actors/<kind>/<id>/fail` (fault injection for tests
     /// and game days). Off by default: the endpoint does not exist.
     pub failpoints: bool,
+    /// Continuous archiving and base backups (pgBackRest), the same on every cell.
+    pub backup: BackupConfig,
 }
 
 impl Default for CellConfig {
@@ -90,6 +95,7 @@ impl Default for CellConfig {
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             patroni: PatroniTiming::default(),
             failpoints: false,
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -113,6 +119,25 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_DRAIN_ON_STOP", "drain_on_stop"),
     ("PGCELL_ETCD_PROXIES", "etcd_proxies"),
     ("PGCELL_FAILPOINTS", "failpoints"),
+    ("PGCELL_BACKUP_ENABLED", "backup.enabled"),
+    ("PGCELL_BACKUP_REPO_PATH", "backup.repo_path"),
+    ("PGCELL_BACKUP_RETENTION_DAYS", "backup.retention_days"),
+    ("PGCELL_ARCHIVE_TIMEOUT_SECS", "backup.archive_timeout_secs"),
+    ("PGCELL_ARCHIVE_PUSH_QUEUE_MAX", "backup.archive_push_queue_max"),
+    ("PGCELL_BACKUP_REFRESH_SECS", "backup.refresh_secs"),
+    ("PGCELL_BACKUP_CHECK_EVERY_SECS", "backup.check_every_secs"),
+    ("PGCELL_BACKUP_REPO_TYPE", "backup.repo_type"),
+    ("PGCELL_BACKUP_DELETED_KEEP_SECS", "backup.deleted_keep_secs"),
+    ("PGCELL_BACKUP_CIPHER_PASS", "backup.cipher_pass"),
+    ("PGCELL_S3_ENDPOINT", "backup.s3.endpoint"),
+    ("PGCELL_S3_PORT", "backup.s3.port"),
+    ("PGCELL_S3_BUCKET", "backup.s3.bucket"),
+    ("PGCELL_S3_REGION", "backup.s3.region"),
+    ("PGCELL_S3_URI_STYLE", "backup.s3.uri_style"),
+    ("PGCELL_S3_PATH", "backup.s3.path"),
+    ("PGCELL_S3_CA_FILE", "backup.s3.ca_file"),
+    ("PGCELL_S3_KEY", "backup.s3.key"),
+    ("PGCELL_S3_KEY_SECRET", "backup.s3.key_secret"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -135,7 +160,7 @@ impl CellConfig {
         if self.etcd_endpoints.is_empty() {
             bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
         }
-        Ok(())
+        self.backup.validate()
     }
 
     /// The port range as `(first, last)`, inclusive.
@@ -325,8 +350,17 @@ pub fn load_layered<T: serde::de::DeserializeOwned + Serialize + Default>(
     let shape = toml::Table::try_from(T::default()).context("the default configuration is not a table")?;
     for (var, key) in overrides {
         if let Some(v) = env(var) {
-            let value = typed_override(var, &v, shape.get(*key))?;
-            table.insert((*key).to_string(), value);
+            // `section.key` overrides a key of a nested table (e.g. `backup.repo_path`).
+            let (path, leaf) = key.rsplit_once('.').map_or((vec![], *key), |(p, l)| (p.split('.').collect(), l));
+            let (mut dst, mut like) = (&mut table, Some(&shape));
+            for part in path {
+                like = like.and_then(|t| t.get(part)).and_then(toml::Value::as_table);
+                let sub = dst.entry(part).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                dst =
+                    sub.as_table_mut().with_context(|| format!("{var}: `{part}` in the config file is not a table"))?;
+            }
+            let value = typed_override(var, &v, like.and_then(|t| t.get(leaf)))?;
+            dst.insert(leaf.to_string(), value);
         }
     }
     toml::Value::Table(table).try_into().context("invalid configuration (file or PGCELL_* environment)")
@@ -381,6 +415,27 @@ mod tests {
         assert_eq!(cfg.etcd_endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(cfg.ports().unwrap(), (31000, 31009));
         assert_eq!(cfg.listen_host(), "127.0.0.1");
+        let cfg = load(
+            "[backup]\nretention_days = 3\n",
+            &[("PGCELL_ARCHIVE_TIMEOUT_SECS", "10"), ("PGCELL_BACKUP_REPO_PATH", "/r")],
+        )
+        .unwrap();
+        assert_eq!((cfg.backup.retention_days, cfg.backup.archive_timeout_secs), (3, 10));
+        assert_eq!(cfg.backup.repo_path, std::path::Path::new("/r"));
+        assert_eq!(cfg.backup.full_every_hours, 168, "the rest of the section keeps its defaults");
+        let s3 = [("PGCELL_BACKUP_REPO_TYPE", "s3"), ("PGCELL_S3_ENDPOINT", "localhost"), ("PGCELL_S3_PORT", "9443")];
+        let err = format!("{:#}", load("", &s3).unwrap_err());
+        assert!(err.contains("needs backup.s3.endpoint, bucket, key and key_secret"), "{err}");
+        let keys = [
+            ("PGCELL_S3_BUCKET", "b"),
+            ("PGCELL_S3_KEY", "AKIA1"),
+            ("PGCELL_S3_KEY_SECRET", "topsecret"),
+            ("PGCELL_BACKUP_CIPHER_PASS", "pass1"),
+        ];
+        let cfg = load("", &[&s3[..], &keys[..]].concat()).unwrap();
+        assert_eq!((cfg.backup.s3.port, cfg.backup.s3.bucket.as_str()), (9443, "b"));
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("topsecret") && !shown.contains("AKIA1") && !shown.contains("pass1"), "{shown}");
     }
 
     #[test]

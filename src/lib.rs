@@ -5,11 +5,13 @@
 //! draws it):
 //!
 //! 1. leaves: [`names`], [`backoff`], [`secret`], [`metrics`] (every layer counts), [`config`].
-//! 2. adapters: [`etcd`] (key layout, transactions, watches), [`patroni`] (its
-//!    configuration and what it writes in etcd), [`docker`] (member containers).
+//! 2. adapters: [`etcd`] (key layout, transactions, watches), [`pgbackrest`]
+//!    (its configuration, commands and `info`), [`patroni`] (its configuration
+//!    and what it writes in etcd), [`docker`] (member containers, `exec`).
 //! 3. logic, plain structs and async steps, no actors or HTTP: [`cell`]
 //!    (reconcile, drain, member files), [`router`] (routing table, data path),
-//!    [`broker`] (catalog, model, placement, engine, background driver).
+//!    [`backup`] (what a leader's cell backs up when, restore targets and
+//!    windows), [`broker`] (catalog, model, placement, engine, background driver).
 //! 4. [`actors`]: actix shells over the logic.
 //! 5. [`http`]: the per-cell API, the OSB endpoints, auth, the OSB error body.
 //! 6. [`daemon`]: wiring of `pgcell cell`, `router`, `broker` (actors + HTTP).
@@ -18,6 +20,7 @@
 
 pub mod actors;
 pub mod backoff;
+pub mod backup;
 pub mod broker;
 pub mod cell;
 pub mod cli;
@@ -30,5 +33,6 @@ pub mod metrics;
 pub mod names;
 pub mod ops;
 pub mod patroni;
+pub mod pgbackrest;
 pub mod router;
 pub mod secret;

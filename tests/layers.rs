@@ -6,10 +6,24 @@ use std::path::Path;
 
 /// Top-level modules, lowest first; a module may use those before it.
 const ORDER: &[&str] = &[
-    "names", "backoff", "secret", "metrics", "config", // leaves
-    "etcd", "patroni", "docker", // adapters
-    "cell", "router", "broker", // logic
-    "actors", "http", "daemon", "ops", "cli",
+    "names",
+    "backoff",
+    "secret",
+    "metrics",
+    "config", // leaves
+    "etcd",
+    "pgbackrest",
+    "patroni",
+    "docker", // adapters
+    "cell",
+    "router",
+    "backup",
+    "broker", // logic
+    "actors",
+    "http",
+    "daemon",
+    "ops",
+    "cli",
 ];
 
 fn rank(module: &str) -> Option<usize> {

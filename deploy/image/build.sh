@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the PostgreSQL 15 + Patroni image from Debian packages: no registry is
+# Builds the PostgreSQL 15 + Patroni + pgBackRest image from Debian packages: no registry is
 # needed (debootstrap from the host's apt mirror, then `docker import`).
 # The tag carries a hash of this folder, so changing the recipe changes the tag,
 # and a build is skipped when the image for the current recipe already exists.
@@ -38,7 +38,7 @@ root="$work/rootfs"
 start=$(date +%s)
 step "debootstrap $suite from $mirror (about 2 minutes; log in $work/debootstrap.log)"
 debootstrap --variant=minbase \
-  --include=postgresql-15,patroni,python3-etcd,python3-psycopg2,ca-certificates,procps \
+  --include=postgresql-15,patroni,python3-etcd,python3-psycopg2,pgbackrest,ca-certificates,procps \
   "$suite" "$root" "$mirror" > "$work/debootstrap.log" 2>&1 &
 pid=$!
 while kill -0 "$pid" 2>/dev/null; do
@@ -56,12 +56,15 @@ rm -rf "$root/etc/postgresql/15/main" "$root/var/lib/postgresql/15/main"
 rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/*
 python3 "$here/patch-patroni.py" "$root" || die "cannot patch Patroni (see above)"
 install -m 0755 "$here/entrypoint.sh" "$root/usr/local/bin/pgcell-entrypoint"
-mkdir -p "$root/var/lib/pgcell"
+mkdir -p "$root/var/lib/pgcell" "$root/var/lib/pgbackrest"
+# The agent renders each member's pgbackrest.conf into its directory; the
+# variable makes every pgbackrest call (archive_command, docker exec) use it.
 
 step "docker import as $tag"
 tar -C "$root" -c . | docker import \
   --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV LANG=C.UTF-8' \
+  --change 'ENV PGBACKREST_CONFIG=/var/lib/pgcell/pgbackrest.conf' \
   --change 'ENTRYPOINT ["/usr/local/bin/pgcell-entrypoint"]' \
   --change "LABEL org.pgcell.image=postgres org.pgcell.recipe=$version org.pgcell.patroni-failsafe=1" \
   - "$tag" >/dev/null

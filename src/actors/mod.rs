@@ -1,6 +1,7 @@
 //! The actix actors of the daemons. Each is a thin shell: the logic lives in
 //! plain structs (`cell::reconcile`, `patroni::view`, ...) tested without a runtime.
 
+pub mod backup;
 pub mod cell;
 pub mod cluster;
 pub mod container;

@@ -3,6 +3,8 @@
 
 use serde_json::{Value, json};
 
+use crate::backup::target::{RestoreRequest, parse_request};
+
 /// pgcell's service.
 pub const SERVICE_ID: &str = "5d5bc3d4-8a4e-4f47-9a68-7d1c2f0b9e15";
 /// The seed's service and plan (cf-containers-broker era): kept working.
@@ -89,7 +91,17 @@ pub const EXTENSIONS: &[&str] = &[
 pub struct Parameters {
     #[serde(default)]
     pub extensions: Vec<String>,
+    /// Provision only: bootstrap from another instance's backups (clone, point in time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreRequest>,
+    /// Provision only: a WAL segment is archived at least this often (10–60 s;
+    /// default the cells' `backup.archive_timeout_secs`): the RPO bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_timeout: Option<u32>,
 }
+
+/// Backup types an update may ask for (`"now"` is a full one).
+pub const BACKUP_KINDS: &[&str] = &["now", "full", "diff", "incr"];
 
 fn schema() -> Value {
     json!({
@@ -104,17 +116,76 @@ fn schema() -> Value {
                 "maxItems": EXTENSIONS.len(),
                 "items": {"type": "string", "enum": EXTENSIONS},
             },
+            "restore": {
+                "type": "object",
+                "description": "Provision only: restore another instance's backups (live or deprovisioned); no target means the latest",
+                "additionalProperties": false,
+                "required": ["from"],
+                "properties": {
+                    "from": {"type": "string", "description": "Instance id to restore from"},
+                    "target_time": {"type": "string", "description": "RFC 3339 time with a zone"},
+                    "target_lsn": {"type": "string", "description": "LSN, e.g. 0/3000060"},
+                },
+            },
+            "archive_timeout": {
+                "type": "integer",
+                "minimum": 10,
+                "maximum": 60,
+                "description": "Provision only: seconds after which a WAL segment is archived even if not full (the RPO bound); default 60",
+            },
+            "backup": {
+                "type": "string",
+                "enum": BACKUP_KINDS,
+                "description": "Update only: take a backup now (now = full)",
+            },
         },
     })
+}
+
+/// Update parameters: the parameters to keep (`None`: unchanged, only an
+/// action was asked for) and a backup to take now.
+pub fn parse_update(v: &Value) -> Result<(Option<Parameters>, Option<&'static str>), String> {
+    let Some(obj) = v.as_object() else { return parse_parameters(Some(v)).map(|p| (Some(p), None)) };
+    let backup = match obj.get("backup") {
+        None => None,
+        Some(b) => {
+            let k = b
+                .as_str()
+                .and_then(|k| BACKUP_KINDS.iter().find(|x| **x == k))
+                .ok_or_else(|| format!("backup must be one of {}", BACKUP_KINDS.join(", ")))?;
+            Some(if *k == "now" { "full" } else { k })
+        }
+    };
+    if obj.contains_key("restore") {
+        return Err("restore applies when provisioning a new instance, not to an update".into());
+    }
+    let rest: serde_json::Map<String, Value> =
+        obj.iter().filter(|(k, _)| *k != "backup").map(|(k, v)| (k.clone(), v.clone())).collect();
+    if rest.is_empty() && backup.is_some() {
+        return Ok((None, backup));
+    }
+    Ok((Some(parse_parameters(Some(&Value::Object(rest)))?), backup))
 }
 
 /// Checks parameters against the schema above, with a message saying what is wrong.
 pub fn parse_parameters(v: Option<&Value>) -> Result<Parameters, String> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(Parameters::default()) };
     let obj = v.as_object().ok_or("parameters must be a JSON object")?;
-    if let Some(k) = obj.keys().find(|k| *k != "extensions") {
-        return Err(format!("unknown parameter {k:?}; known: extensions"));
+    if let Some(k) = obj.keys().find(|k| !["extensions", "restore", "archive_timeout"].contains(&k.as_str())) {
+        return Err(format!(
+            "unknown parameter {k:?}; known: extensions, restore and archive_timeout (provision), backup (update)"
+        ));
     }
+    let archive_timeout = match obj.get("archive_timeout") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|t| (10..=60).contains(t))
+                .map(|t| t as u32)
+                .ok_or("archive_timeout must be an integer number of seconds from 10 to 60")?,
+        ),
+    };
+    let restore = obj.get("restore").map(parse_request).transpose()?;
     let mut extensions = vec![];
     if let Some(ext) = obj.get("extensions") {
         let list = ext.as_array().ok_or("extensions must be an array of names")?;
@@ -129,7 +200,7 @@ pub fn parse_parameters(v: Option<&Value>) -> Result<Parameters, String> {
             extensions.push(name.to_string());
         }
     }
-    Ok(Parameters { extensions })
+    Ok(Parameters { extensions, restore, archive_timeout })
 }
 
 pub fn catalog() -> Value {
@@ -201,9 +272,28 @@ mod tests {
             json!({"extensions": [1]}),
             json!({"extensions": ["postgis"]}),
             json!({"extensions": ["citext", "citext"]}),
+            json!({"restore": {}}),
+            json!({"restore": {"from": "a", "target_time": "yesterday"}}),
+            json!({"backup": "now"}),
+            json!({"archive_timeout": 5}),
+            json!({"archive_timeout": "10"}),
         ] {
             assert!(parse_parameters(Some(&bad)).is_err(), "{bad}");
         }
+        let r =
+            parse_parameters(Some(&json!({"restore": {"from": "a", "target_lsn": "0/1"}}))).unwrap().restore.unwrap();
+        assert_eq!((r.from.as_str(), r.target_lsn.as_deref()), ("a", Some("0/1")));
+        assert_eq!(parse_parameters(Some(&json!({"archive_timeout": 10}))).unwrap().archive_timeout, Some(10));
+    }
+
+    #[test]
+    fn updates_may_ask_for_a_backup_never_a_restore() {
+        assert_eq!(parse_update(&json!({"backup": "now"})).unwrap(), (None, Some("full")));
+        let (p, b) = parse_update(&json!({"backup": "diff", "extensions": ["citext"]})).unwrap();
+        assert_eq!((p.unwrap().extensions, b), (vec!["citext".to_string()], Some("diff")));
+        assert_eq!(parse_update(&json!({"extensions": []})).unwrap(), (Some(Parameters::default()), None));
+        assert!(parse_update(&json!({"backup": "yesterday"})).is_err());
+        assert!(parse_update(&json!({"restore": {"from": "a"}})).is_err());
     }
 
     #[test]

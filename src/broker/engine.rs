@@ -199,6 +199,10 @@ impl Broker {
                 )
                 .await;
         }
+        if op.kind == OpKind::Provision && spec.parameters.restore.is_some() {
+            let n = sql::drop_restored_binding_roles(&host, port, &secrets.superuser).await?;
+            tracing::info!(instance = id, roles = n, "restored: the source's binding roles dropped");
+        }
         sql::setup_instance(&host, port, &secrets.superuser, &spec.parameters.extensions).await?;
         op.state = OpState::Succeeded;
         op.description = format!(
@@ -283,6 +287,8 @@ impl Broker {
             // The tombstone first: a broker dying in between leaves the keys, and
             // the next step deletes them; the other order would forget the 410.
             model::remember_deleted(&mut etcd, id, &op.id).await?;
+            // Its backups stay (a deleted instance is restorable); say since when.
+            crate::backup::mark_deleted(&mut etcd, id).await?;
             store::delete_instance_keys(&mut etcd, id).await?;
             op.state = OpState::Succeeded;
             op.description = "deleted: containers, data, router port and keys".into();

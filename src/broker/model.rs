@@ -164,14 +164,25 @@ pub async fn load(client: &mut Client, id: &str) -> anyhow::Result<(Option<Insta
     Ok((spec, op))
 }
 
-/// Creates the instance (spec + its provision operation) unless it exists; returns whether it did.
-pub async fn create(client: &mut Client, id: &str, spec: &InstanceSpec, op: &Operation) -> anyhow::Result<bool> {
+/// Creates the instance (spec + its provision operation, and the restore its
+/// members bootstrap from) unless it exists; returns whether it did.
+pub async fn create(
+    client: &mut Client,
+    id: &str,
+    spec: &InstanceSpec,
+    op: &Operation,
+    restore: Option<&crate::pgbackrest::RestoreSpec>,
+) -> anyhow::Result<bool> {
     let key = keys::spec(id);
-    let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([
+    let mut ops = vec![
         TxnOp::put(key.as_str(), serde_json::to_vec(spec)?, None),
         TxnOp::put(keys::operation(id), serde_json::to_vec(op)?, None),
         TxnOp::delete(keys::deleted(id), None),
-    ]);
+    ];
+    if let Some(r) = restore {
+        ops.push(TxnOp::put(keys::restore(id), serde_json::to_vec(r)?, None));
+    }
+    let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then(ops);
     Ok(client.txn(txn).await.context("etcd txn (create instance)")?.succeeded())
 }
 

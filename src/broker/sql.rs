@@ -91,3 +91,16 @@ pub async fn drop_binding_role(host: &str, port: u16, password: &str, user: &str
     c.batch_execute(&format!("DROP ROLE IF EXISTS {u}")).await.context("drop binding role")?;
     Ok(())
 }
+
+/// After a restore: the source's binding roles (`b_*`) came along with its
+/// data; they are not this instance's bindings, so they go (what they owned
+/// is already the owner role's).
+pub async fn drop_restored_binding_roles(host: &str, port: u16, password: &str) -> anyhow::Result<usize> {
+    let c = connect(host, port, password, "postgres").await?;
+    let rows = c.query("SELECT rolname FROM pg_roles WHERE rolname LIKE 'b\\_%'", &[]).await?;
+    let roles: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    for r in &roles {
+        drop_binding_role(host, port, password, r).await?;
+    }
+    Ok(roles.len())
+}

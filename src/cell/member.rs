@@ -12,6 +12,15 @@ use crate::config::CellConfig;
 use crate::docker::{self, ContainerSpec};
 use crate::etcd::{Client, store};
 use crate::patroni::config::MemberConfig;
+use crate::pgbackrest::RestoreSpec;
+
+/// Writes a file readable by its owner only (it may hold secrets), atomically.
+fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    std::io::Write::write_all(&mut f, data)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
 
 /// What every member operation on a cell needs; cheap to clone.
 #[derive(Clone)]
@@ -43,6 +52,17 @@ impl CellDeps {
     pub async fn write_patroni_config(&self, p: &store::Placement) -> anyhow::Result<()> {
         let secrets = store::ensure_secrets(&mut self.etcd.clone(), &p.instance_id).await?;
         let timing = self.patroni_timing().await;
+        // The instance may ask for a shorter archive timeout (broker parameter).
+        let spec: Option<serde_json::Value> =
+            store::get_json(&mut self.etcd.clone(), &crate::etcd::keys::spec(&p.instance_id)).await?.map(|(v, _)| v);
+        let timeout = spec.as_ref().and_then(|s| s["parameters"]["archive_timeout"].as_u64()).map(|t| t as u32);
+        let backup_cfg = crate::config::BackupConfig {
+            archive_timeout_secs: timeout.unwrap_or(self.cfg.backup.archive_timeout_secs),
+            ..self.cfg.backup.clone()
+        };
+        let backup = Some(&backup_cfg).filter(|b| b.enabled);
+        let restore: Option<RestoreSpec> =
+            store::get_json(&mut self.etcd.clone(), &crate::etcd::keys::restore(&p.instance_id)).await?.map(|(r, _)| r);
         let rendered = MemberConfig {
             placement: p,
             secrets: &secrets,
@@ -52,6 +72,8 @@ impl CellDeps {
             listen_host: self.cfg.listen_host(),
             timing: &timing,
             synchronous_mode: true,
+            backup,
+            restore: restore.as_ref(),
         }
         .render();
         let dir = self.member_dir(&p.member);
@@ -65,6 +87,14 @@ impl CellDeps {
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         std::io::Write::write_all(&mut f, serde_json::to_string_pretty(&rendered)?.as_bytes())?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        if let Some(b) = backup {
+            let conf = crate::pgbackrest::render_conf(b, &p.instance_id, p.pg_port);
+            write_private(&dir.join(crate::pgbackrest::CONF_FILE), conf.as_bytes())?;
+            if !b.is_s3() {
+                std::fs::create_dir_all(&b.repo_path)
+                    .with_context(|| format!("cannot create the backup repository {}", b.repo_path.display()))?;
+            }
+        }
         Ok(())
     }
 
@@ -100,6 +130,10 @@ impl CellDeps {
                 image: self.cfg.image.clone(),
                 labels: self.labels(p),
                 member_dir: self.member_dir(&p.member).display().to_string(),
+                binds: Some(&self.cfg.backup)
+                    .filter(|b| b.enabled)
+                    .map(crate::pgbackrest::repo_binds)
+                    .unwrap_or_default(),
                 memory_mb: p.memory_mb,
             };
             docker::create(&self.docker, &spec).await?;

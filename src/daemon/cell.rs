@@ -40,6 +40,9 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
     let (lifeline, root_ended) =
         crate::actors::supervise::root(crate::actors::ActorKind::Cell, deps.cfg.name.clone(), 0);
     let cell = CellActor::new(deps.clone(), lifeline).start();
+    // Backups of the instances led from here; its state is all in etcd and
+    // pgBackRest's repository, so a restarted agent simply carries on.
+    let _backups = deps.cfg.backup.enabled.then(|| crate::actors::backup::BackupActor::new(deps.clone()).start());
     actix::spawn(registration::run(etcd, crate::etcd::keys::cell(&record.name), serde_json::to_vec(&record)?));
     tracing::info!(cell = %deps.cfg.name, api = %addr, "cell agent running");
 

@@ -11,6 +11,9 @@ use bollard::query_parameters::{
 };
 use futures::Stream;
 
+pub mod exec;
+pub mod scratch;
+
 pub const LABEL_MANAGED: &str = "org.pgcell.managed";
 pub const LABEL_DEPLOYMENT: &str = "org.pgcell.deployment";
 pub const LABEL_CELL: &str = "org.pgcell.cell";
@@ -58,6 +61,8 @@ pub struct ContainerSpec {
     pub labels: HashMap<String, String>,
     /// Host directory mounted at the Patroni mount point.
     pub member_dir: String,
+    /// More `host:container[:ro]` mounts (the backup repository, its CA file).
+    pub binds: Vec<String>,
     pub memory_mb: u64,
 }
 
@@ -97,7 +102,11 @@ pub async fn create(docker: &Docker, spec: &ContainerSpec) -> anyhow::Result<()>
         // without a reaper a stopped postmaster stays a zombie and Patroni waits
         // on it forever (seen on every demotion).
         init: Some(true),
-        binds: Some(vec![format!("{}:{}", spec.member_dir, crate::patroni::config::MOUNT)]),
+        binds: Some(
+            std::iter::once(format!("{}:{}", spec.member_dir, crate::patroni::config::MOUNT))
+                .chain(spec.binds.iter().cloned())
+                .collect(),
+        ),
         memory: Some((spec.memory_mb * 1024 * 1024) as i64),
         log_config: Some(HostConfigLogConfig {
             typ: Some("json-file".into()),

@@ -11,6 +11,9 @@
 //! | `/pgcell/instances/<id>/operation` | the instance's last operation and its progress | broker |
 //! | `/pgcell/instances/<id>/bindings/<bid>` | a binding (role name, password) | broker txn |
 //! | `/pgcell/router_ports/<port>` | instance id holding the router port | allocator txn |
+//! | `/pgcell/instances/<id>/restore` | the restore a clone bootstraps from (`pgbackrest::RestoreSpec` JSON) | broker txn (provision) |
+//! | `/pgcell/instances/<id>/backup_request` | a backup asked for now | broker, `pgcell backup` |
+//! | `/pgcell/backups/<id>` | the instance's backup state; outlives the instance | the cell of its leader |
 //! | `/pgcell/routers/<name>` | [`RouterRecord`](super::store::RouterRecord) JSON, on the router's lease | router |
 
 pub const ROOT: &str = "/pgcell/";
@@ -77,6 +80,24 @@ pub fn operation(instance: &str) -> String {
 /// A deprovisioned instance, on a lease: polling it answers 410 Gone, not 404.
 pub fn deleted(instance: &str) -> String {
     format!("{ROOT}deleted/{instance}")
+}
+
+pub fn restore(instance: &str) -> String {
+    format!("{ROOT}instances/{instance}/restore")
+}
+
+pub fn backup_request(instance: &str) -> String {
+    format!("{ROOT}instances/{instance}/backup_request")
+}
+
+/// Backup states: outside `instances/` so that deprovisioning keeps them
+/// (a deleted instance stays restorable for the retention period).
+pub fn backups() -> String {
+    format!("{ROOT}backups/")
+}
+
+pub fn backup_state(instance: &str) -> String {
+    format!("{ROOT}backups/{instance}")
 }
 
 pub fn binding(instance: &str, binding: &str) -> String {

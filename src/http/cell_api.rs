@@ -242,5 +242,17 @@ async fn metrics(_: Authorized, api: web::Data<CellApi>) -> Result<HttpResponse,
     let (health, health_kinds) = crate::metrics::HEALTH.samples(std::time::Instant::now());
     samples.extend(health);
     kinds.extend(health_kinds);
+    // Backups of the instances this cell publishes for (it holds, or held last, their leader).
+    let cell = &api.deps.cfg.name;
+    let states: Vec<crate::backup::state::BackupState> =
+        crate::etcd::store::list_json(&mut api.deps.etcd.clone(), &crate::etcd::keys::backups())
+            .await
+            .map_err(OsbError::internal)?;
+    let ours: Vec<_> = states.into_iter().filter(|s| s.member == crate::names::member(&s.instance, cell)).collect();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let (b_samples, b_kinds) = crate::backup::state::metric_samples(&ours, now);
+    samples.extend(b_samples);
+    kinds.extend(b_kinds);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(render(&samples, &kinds)))
 }

@@ -1,5 +1,6 @@
 //! Operator tools, in the seed scripts' exact formats.
 
+pub mod backups;
 pub mod retire;
 
 use std::collections::BTreeMap;

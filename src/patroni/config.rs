@@ -3,8 +3,9 @@
 
 use serde_json::{Value, json};
 
-use crate::config::PatroniTiming;
+use crate::config::{BackupConfig, PatroniTiming};
 use crate::etcd::store::{Placement, Secrets};
+use crate::pgbackrest::{self, RestoreSpec};
 
 /// Where the member's host directory is mounted inside the container.
 pub const MOUNT: &str = "/var/lib/pgcell";
@@ -20,6 +21,10 @@ pub struct MemberConfig<'a> {
     pub timing: &'a PatroniTiming,
     /// Synchronous replication (the HA plans' default; a single member cannot use it).
     pub synchronous_mode: bool,
+    /// Archiving and replicas from the repository; `None`: backups are off.
+    pub backup: Option<&'a BackupConfig>,
+    /// The cluster is a restore (clone, point in time) of another instance's backup.
+    pub restore: Option<&'a RestoreSpec>,
 }
 
 impl MemberConfig<'_> {
@@ -35,7 +40,7 @@ impl MemberConfig<'_> {
             "host all all 0.0.0.0/0 scram-sha-256",
             "host all all ::/0 scram-sha-256",
         ];
-        json!({
+        let mut v = json!({
             "scope": p.scope,
             "namespace": crate::etcd::keys::PATRONI_NAMESPACE,
             "name": p.member,
@@ -92,7 +97,40 @@ impl MemberConfig<'_> {
                 "basebackup": [{"checkpoint": "fast"}],
             },
             "tags": {"nofailover": false, "noloadbalance": false, "clonefrom": false, "nosync": false},
-        })
+        });
+        if let Some(b) = self.backup {
+            self.add_backup(&mut v, b);
+        }
+        v
+    }
+
+    /// Archiving into the instance's own stanza, WAL and replicas from the
+    /// repository, and (for a restore) the bootstrap from the source's stanza.
+    fn add_backup(&self, v: &mut Value, b: &BackupConfig) {
+        let stanza = &self.placement.instance_id;
+        let params = &mut v["postgresql"]["parameters"];
+        params["archive_mode"] = "on".into();
+        params["archive_command"] = pgbackrest::archive_command(stanza).into();
+        params["archive_timeout"] = format!("{}s", b.archive_timeout_secs.max(1)).into();
+        let pg = &mut v["postgresql"];
+        pg["recovery_conf"] = json!({"restore_command": pgbackrest::restore_command(stanza)});
+        // A replica comes from the latest backup plus WAL when one exists (no
+        // load on the primary); without one, pgbackrest fails and Patroni
+        // takes a base backup from the leader.
+        pg["create_replica_methods"] = json!(["pgbackrest", "basebackup"]);
+        pg["pgbackrest"] = json!({
+            "command": pgbackrest::replica_restore_command(stanza),
+            "keep_data": true,
+            "no_params": true,
+        });
+        if let Some(r) = self.restore {
+            v["bootstrap"]["method"] = "pgbackrest_restore".into();
+            v["bootstrap"]["pgbackrest_restore"] = json!({
+                "command": r.command(),
+                "no_params": true,
+                "recovery_conf": r.recovery_conf(),
+            });
+        }
     }
 }
 
@@ -118,6 +156,8 @@ mod tests {
             listen_host: "0.0.0.0",
             timing: &t,
             synchronous_mode: true,
+            backup: None,
+            restore: None,
         }
         .render();
         assert_eq!(v["scope"], "cf-1");
@@ -133,5 +173,37 @@ mod tests {
             v["postgresql"]["pg_hba"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
         assert!(hba.iter().filter(|l| l.starts_with("host")).all(|l| l.ends_with("scram-sha-256")));
         assert!(!hba.iter().any(|l| l.contains("trust")));
+        assert!(v["postgresql"]["parameters"].get("archive_mode").is_none(), "backups off: no archiving");
+    }
+
+    #[test]
+    fn archives_into_its_own_stanza_and_restores_from_the_source() {
+        let (p, s) = (placement(), Secrets::generate());
+        let (hosts, t, b) = (vec!["127.0.0.1:2379".to_string()], PatroniTiming::default(), BackupConfig::default());
+        let r =
+            RestoreSpec { source: "src".into(), set: "L".into(), target: pgbackrest::Target::Lsn("0/3000000".into()) };
+        let v = MemberConfig {
+            placement: &p,
+            secrets: &s,
+            etcd_hosts: &hosts,
+            etcd_proxies: false,
+            advertise_host: "h",
+            listen_host: "h",
+            timing: &t,
+            synchronous_mode: true,
+            backup: Some(&b),
+            restore: Some(&r),
+        }
+        .render();
+        let params = &v["postgresql"]["parameters"];
+        assert_eq!(params["archive_mode"], "on");
+        assert_eq!(params["archive_command"], "pgbackrest --stanza=1 archive-push %p");
+        assert_eq!(params["archive_timeout"], "60s");
+        assert_eq!(v["postgresql"]["create_replica_methods"], json!(["pgbackrest", "basebackup"]));
+        assert_eq!(v["bootstrap"]["method"], "pgbackrest_restore");
+        let boot = &v["bootstrap"]["pgbackrest_restore"];
+        assert!(boot["command"].as_str().unwrap().starts_with("pgbackrest --stanza=src "));
+        assert_eq!(boot["recovery_conf"]["recovery_target_lsn"], "0/3000000");
+        assert!(v["postgresql"]["recovery_conf"]["restore_command"].as_str().unwrap().contains("--stanza=1 "));
     }
 }

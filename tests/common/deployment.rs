@@ -103,6 +103,10 @@ impl Deployment {
             ("PGCELL_IMAGE", image().to_string()),
             ("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1)),
             ("PGCELL_LOG", "info,pgcell=debug".to_string()),
+            // One repository for the deployment's cells: the shared filesystem of a fleet.
+            ("PGCELL_BACKUP_REPO_PATH", self.tmp.path().join("backups").display().to_string()),
+            ("PGCELL_ARCHIVE_TIMEOUT_SECS", "10".to_string()),
+            ("PGCELL_BACKUP_REFRESH_SECS", "3".to_string()),
         ]
         .into_iter()
         .chain(extra.iter().cloned())

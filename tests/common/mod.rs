@@ -3,6 +3,7 @@
 //! processes by PID, containers by their deployment label, data in a temp dir.
 #![allow(dead_code, unused_imports)]
 
+pub mod backup;
 mod cell;
 mod deployment;
 mod docker;

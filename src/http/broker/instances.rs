@@ -10,7 +10,7 @@ use super::{
     ApiVersion, Query, check_id, concurrency, internal, no_maintenance_info, opt_field, read_checked, require_async,
     str_field,
 };
-use crate::broker::catalog::{self, parse_parameters};
+use crate::broker::catalog::{self, parse_parameters, parse_update};
 use crate::broker::engine::Broker;
 use crate::broker::model::{self, InstanceSpec, OpKind, OpState, Operation};
 use crate::http::auth::Authorized;
@@ -45,6 +45,16 @@ async fn provision(
     catalog::plan(&service_id, &plan_id)
         .ok_or_else(|| OsbError::bad_request("unknown service_id/plan_id pair; see the catalog"))?;
     let parameters = parse_parameters(opt_field(&body, "parameters").as_ref()).map_err(OsbError::bad_request)?;
+    let mut etcd = b.etcd.clone();
+    let restore = match &parameters.restore {
+        None => None,
+        Some(req) => Some(
+            crate::backup::resolve_restore(&mut etcd, &id, req)
+                .await
+                .map_err(internal)?
+                .map_err(OsbError::bad_request)?,
+        ),
+    };
     let spec = InstanceSpec {
         service_id,
         plan_id,
@@ -52,9 +62,8 @@ async fn provision(
         organization_guid: str_field(&body, "organization_guid"),
         space_guid: str_field(&body, "space_guid"),
     };
-    let mut etcd = b.etcd.clone();
     let op = Operation::new(OpKind::Provision, "accepted: placing members");
-    if !model::create(&mut etcd, &id, &spec, &op).await.map_err(internal)? {
+    if !model::create(&mut etcd, &id, &spec, &op, restore.as_ref()).await.map_err(internal)? {
         let (existing, cur) = model::load(&mut etcd, &id).await.map_err(internal)?;
         return match (existing, cur) {
             (Some(s), Some(cur)) if s == spec && cur.kind == OpKind::Provision && cur.state == OpState::InProgress => {
@@ -119,12 +128,40 @@ async fn update(
     let plan_id = str_field(&body, "plan_id").unwrap_or_else(|| spec.plan_id.clone());
     catalog::plan(&spec.service_id, &plan_id)
         .ok_or_else(|| OsbError::bad_request("unknown plan_id for this service"))?;
-    let parameters = match opt_field(&body, "parameters") {
-        Some(p) => parse_parameters(Some(&p)).map_err(OsbError::bad_request)?,
-        None => spec.parameters.clone(),
+    let (parameters, backup) = match opt_field(&body, "parameters") {
+        Some(p) => parse_update(&p).map_err(OsbError::bad_request)?,
+        None => (None, None),
     };
-    if cur.state == OpState::InProgress || cur.kind == OpKind::Deprovision {
+    if parameters
+        .as_ref()
+        .is_some_and(|p| p.archive_timeout.is_some() && p.archive_timeout != spec.parameters.archive_timeout)
+    {
+        return Err(OsbError::bad_request(
+            "archive_timeout is set when provisioning; it cannot be changed by an update",
+        ));
+    }
+    // An update keeps what the instance was restored from (it names its origin)
+    // and its archive timeout.
+    let parameters = parameters.map_or_else(
+        || spec.parameters.clone(),
+        |p| catalog::Parameters {
+            restore: spec.parameters.restore.clone(),
+            archive_timeout: spec.parameters.archive_timeout,
+            ..p
+        },
+    );
+    let changes = plan_id != spec.plan_id || parameters != spec.parameters;
+    if cur.kind == OpKind::Deprovision || (changes && cur.state == OpState::InProgress) {
         return Err(concurrency());
+    }
+    if let Some(kind) = backup {
+        // An action, not a state: asked of the leader's cell at once, answered
+        // in `pgcell backups` (and the instance's backup state).
+        crate::backup::request(&mut etcd, &id, kind).await.map_err(internal)?;
+        tracing::info!(instance = %id, kind, "backup requested");
+        if !changes {
+            return Ok(HttpResponse::Ok().json(json!({})));
+        }
     }
     let next_spec = InstanceSpec { plan_id, parameters, ..spec.clone() };
     if next_spec == spec && cur.state == OpState::Succeeded {
