@@ -18,6 +18,13 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >&2
 fi
 
+# The S3 backup test serves S3 locally with moto (PyPI) behind haproxy's TLS.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "setup: installing moto (local S3 for the backup tests)" >&2
+  python3 -m pip install --quiet "moto[server]" >&2
+fi
+command -v openssl >/dev/null || { echo "setup: openssl is needed (apt-get install openssl)" >&2; exit 1; }
+
 command -v docker >/dev/null || { echo "setup: Docker is not installed; pgcell's cells need a Docker Engine" >&2; exit 1; }
 deploy/image/build.sh >/dev/null
 echo "setup: ready (etcd $(etcd --version | awk 'NR==1{print $3}'), image $(docker image inspect -f '{{index .Config.Labels "org.pgcell.recipe"}}' pgcell/postgres:latest))" >&2
