@@ -321,3 +321,40 @@ async fn operations_advance_with_nobody_polling() {
     eprintln!("driven without polling in {:.2}s: {op}", t0.elapsed().as_secs_f64());
     assert_eq!(op["state"], "in progress");
 }
+
+#[tokio::test]
+async fn a_failing_step_is_retried_with_backoff_and_said_in_the_description() {
+    let etcd = Etcd::start();
+    fake_cell(&etcd, "c1", 4).await;
+    // One router port for the fleet: the second instance's step cannot get one (yet).
+    let broker = start_broker(&etcd.endpoint, "b1", (41050, 41050));
+    let put = |id: &str| {
+        let url = format!("{broker}/v2/service_instances/{id}?accepts_incomplete=true");
+        async move { osb("PUT", &url, Some(&provision_body("single", json!({})).to_string())).await }
+    };
+    wait_for("the broker", Duration::from_secs(10), || async { (put("r1").await.status == 202).then_some(()) }).await;
+    wait_for("r1 holding the router port", Duration::from_secs(10), || async {
+        (!etcd.dump("/pgcell/instances/r1/router_port").await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(put("r2").await.status, 202);
+    let url = format!("{broker}/v2/service_instances/r2/last_operation");
+    let r = wait_for("r2's step failing and retried", Duration::from_secs(15), || async {
+        let r = osb("GET", &url, None).await;
+        r.body["description"].as_str().is_some_and(|d| d.contains("retrying after")).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 200, "polling never gets a 500 for a failed step");
+    assert_eq!(r.body["state"], "in progress", "a transient failure does not fail the operation");
+    assert!(r.body["description"].as_str().unwrap().contains("no free router port"), "{}", r.text);
+    // (The backoff itself, 0.5 s doubling to 15 s, is unit-tested in broker::driver.)
+    // Freeing the port (r1's keys deleted by hand here, as a deprovision would) lets r2 go on by itself.
+    let mut c = etcd.client().await;
+    let prefix = Some(etcd_client::DeleteOptions::new().with_prefix());
+    c.delete("/pgcell/instances/r1/", prefix).await.unwrap();
+    c.delete("/pgcell/router_ports/41050", None).await.unwrap();
+    wait_for("r2 past the failing step", Duration::from_secs(30), || async {
+        (!etcd.dump("/pgcell/instances/r2/router_port").await.is_empty()).then_some(())
+    })
+    .await;
+}
