@@ -15,12 +15,14 @@ use serde_json::{Value, json};
 
 #[path = "../tests/common/etcd.rs"]
 mod etcd;
+#[path = "../tests/common/kit.rs"]
+mod kit;
 mod support;
 use support::{build_pgcell, free_port, wait_http};
 
 const BROKER_USER: &str = "broker";
-const CELL_PORTS: [&str; 3] = ["30000-30099", "30100-30199", "30200-30299"];
-const ROUTER_PORTS: &str = "40000-40999";
+const CELL_PORTS: [(u16, u16); 3] = [(30000, 30099), (30100, 30199), (30200, 30299)];
+const ROUTER_PORTS: (u16, u16) = (40000, 40999);
 /// How long a daemon may take to answer its health check.
 const STARTUP: Duration = Duration::from_secs(15);
 
@@ -78,13 +80,7 @@ impl Drop for Deployment {
         }
         // etcd last: nothing must lose its registration while still running.
         self.etcd_cluster.take();
-        let filter = format!("label=org.pgcell.deployment={}", self.id);
-        if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
-            }
-        }
+        kit::docker_remove_deployment(&self.id);
         say(&format!("stopped everything and removed {} (containers, data)", self.dir.path().display()));
     }
 }
@@ -109,15 +105,17 @@ impl Deployment {
 
     fn start_cell(&mut self, i: usize) -> anyhow::Result<()> {
         let (name, api, _) = &self.cells[i];
-        let env = [
-            ("PGCELL_CELL_NAME", name.clone()),
-            ("PGCELL_DEPLOYMENT", self.id.clone()),
-            ("PGCELL_API_LISTEN", format!("127.0.0.1:{api}")),
-            ("PGCELL_PORT_RANGE", CELL_PORTS[i].to_string()),
-            ("PGCELL_ROUTER_PORT_RANGE", ROUTER_PORTS.to_string()),
-            ("PGCELL_DATA_ROOT", self.dir.path().join(name).display().to_string()),
-            ("PGCELL_MEMORY_MB", "512".to_string()),
-        ];
+        let data_root = self.dir.path().join(name);
+        let env = kit::CellEnv {
+            name,
+            deployment: &self.id,
+            api_port: *api,
+            ports: CELL_PORTS[i],
+            router_ports: ROUTER_PORTS,
+            data_root: &data_root,
+            etcd: &self.etcd,
+        }
+        .vars();
         let child = self.spawn(&name.clone(), &["cell"], &env)?;
         self.cells[i].2 = Some(child);
         Ok(())
@@ -129,13 +127,7 @@ impl Deployment {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let filter = format!("label=org.pgcell.cell={}", self.cells[i].0);
-        if let Ok(out) = Command::new("docker").args(["ps", "-q", "--filter", &filter]).output() {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker").arg("kill").args(&ids).output();
-            }
-        }
+        kit::docker_kill_cell(&self.cells[i].0);
     }
 
     fn pgcell(&self, args: &[&str]) -> String {
@@ -159,19 +151,6 @@ async fn osb(method: &str, url: &str, password: &str, body: Option<Value>) -> an
     let resp = req.send().await?;
     let status = resp.status().as_u16();
     Ok((status, resp.json().await.unwrap_or(Value::Null)))
-}
-
-fn psql(url: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args([url, "-X", "-tA", "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "2")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
 
 #[tokio::main]
@@ -218,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     d.others.push(router);
     wait_http(&format!("http://127.0.0.1:{router_http}/healthz"), "router", STARTUP).await?;
-    say(&format!("router up: instance ports {ROUTER_PORTS} on 127.0.0.1"));
+    say(&format!("router up: instance ports {}-{} on 127.0.0.1", ROUTER_PORTS.0, ROUTER_PORTS.1));
     let broker_port = free_port()?;
     let broker_password = pgcell::secret::random_password(24);
     let broker = d.spawn(
@@ -227,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
         &[
             ("PGCELL_BROKER_LISTEN", format!("127.0.0.1:{broker_port}")),
             ("PGCELL_PASSWORD", broker_password.clone()),
-            ("PGCELL_ROUTER_PORT_RANGE", ROUTER_PORTS.to_string()),
+            ("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", ROUTER_PORTS.0, ROUTER_PORTS.1)),
         ],
     )?;
     d.others.push(broker);
@@ -310,10 +289,11 @@ async fn walkthrough(d: &mut Deployment, broker: &str, password: &str, short: bo
     );
 
     say("writing through the router");
-    psql(&uri, "create table demo(id int primary key, at timestamptz default now())").map_err(anyhow::Error::msg)?;
+    kit::psql(&uri, "create table demo(id int primary key, at timestamptz default now())")
+        .map_err(anyhow::Error::msg)?;
     let mut acked: usize = 0;
     for i in 1..=if short { 10 } else { 100 } {
-        psql(&uri, &format!("insert into demo(id) values ({i})")).map_err(anyhow::Error::msg)?;
+        kit::psql(&uri, &format!("insert into demo(id) values ({i})")).map_err(anyhow::Error::msg)?;
         acked += 1;
     }
     println!("    {acked} rows written");
@@ -322,13 +302,8 @@ async fn walkthrough(d: &mut Deployment, broker: &str, password: &str, short: bo
 
     let leader = d.pgcell(&["leaders"]);
     let leader_port: u16 = leader.split_whitespace().nth(3).and_then(|p| p.parse().ok()).context("no leader")?;
-    let idx = CELL_PORTS
-        .iter()
-        .position(|r| {
-            r.split_once('-')
-                .is_some_and(|(a, b)| (a.parse().unwrap_or(0)..=b.parse().unwrap_or(0)).contains(&leader_port))
-        })
-        .context("leader on no known cell")?;
+    let idx =
+        CELL_PORTS.iter().position(|(a, b)| (*a..=*b).contains(&leader_port)).context("leader on no known cell")?;
     let lost = d.cells[idx].0.clone();
     say(&format!("losing the leader's cell {lost}: its agent and containers killed"));
     d.kill_cell(idx);
@@ -336,7 +311,7 @@ async fn walkthrough(d: &mut Deployment, broker: &str, password: &str, short: bo
     let mut n = acked;
     loop {
         n += 1;
-        if psql(&uri, &format!("insert into demo(id) values ({n})")).is_ok() {
+        if kit::psql(&uri, &format!("insert into demo(id) values ({n})")).is_ok() {
             acked += 1;
             break;
         }
@@ -367,7 +342,7 @@ async fn walkthrough(d: &mut Deployment, broker: &str, password: &str, short: bo
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
-    let rows: usize = psql(&uri, "select count(*) from demo").map_err(anyhow::Error::msg)?.parse()?;
+    let rows: usize = kit::psql(&uri, "select count(*) from demo").map_err(anyhow::Error::msg)?.parse()?;
 
     println!();
     println!("summary");

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail, ensure};
 
-use super::{ID, LOOPBACK, SCOPE, SEED_BODY, progress};
+use super::{ID, LOOPBACK, SCOPE, progress};
 
 pub struct Cell {
     pub name: String,
@@ -43,10 +43,7 @@ impl Drop for Bench {
             let _ = ch.kill();
             let _ = ch.wait();
         }
-        let ids = docker_ids(&format!("label=org.pgcell.deployment={}", self.id), true);
-        if !ids.is_empty() {
-            let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
-        }
+        super::kit::docker_remove_deployment(&self.id);
         self.etcd_cluster.take();
         if self.failed {
             for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
@@ -63,17 +60,6 @@ impl Drop for Bench {
         }
         progress(format!("cleaned up deployment {} ({} removed)", self.id, self.dir.path().display()));
     }
-}
-
-pub fn docker_ids(filter: &str, all: bool) -> Vec<String> {
-    let mut cmd = Command::new("docker");
-    cmd.arg("ps").arg("-q").args(["--filter", filter]);
-    if all {
-        cmd.arg("-a");
-    }
-    cmd.output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect())
-        .unwrap_or_default()
 }
 
 pub fn port_free(p: u16) -> bool {
@@ -110,17 +96,20 @@ impl Bench {
     pub fn start_cell(&mut self, i: usize) -> anyhow::Result<()> {
         let c = &self.cells[i];
         let (out, err) = self.log_file(&c.name)?;
+        let data_root = self.dir.path().join(&c.name);
+        let env = super::kit::CellEnv {
+            name: &c.name,
+            deployment: &self.id,
+            api_port: c.api_port,
+            ports: c.ports,
+            router_ports: self.router_ports,
+            data_root: &data_root,
+            etcd: &self.etcd,
+        }
+        .vars();
         let child = Command::new(&self.bin)
             .arg("cell")
-            .env("PGCELL_CELL_NAME", &c.name)
-            .env("PGCELL_DEPLOYMENT", &self.id)
-            .env("PGCELL_API_LISTEN", format!("{LOOPBACK}:{}", c.api_port))
-            .env("PGCELL_ADVERTISE_HOST", LOOPBACK)
-            .env("PGCELL_PORT_RANGE", format!("{}-{}", c.ports.0, c.ports.1))
-            .env("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1))
-            .env("PGCELL_DATA_ROOT", self.dir.path().join(&c.name))
-            .env("PGCELL_MEMORY_MB", "512")
-            .env("PGCELL_ETCD_ENDPOINTS", &self.etcd)
+            .envs(env)
             .env("PGCELL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out)
@@ -137,10 +126,7 @@ impl Bench {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let ids = docker_ids(&format!("label=org.pgcell.cell={}", self.cells[i].name), false);
-        if !ids.is_empty() {
-            let _ = Command::new("docker").arg("kill").args(&ids).output();
-        }
+        super::kit::docker_kill_cell(&self.cells[i].name);
     }
 
     pub fn member(&self, i: usize) -> String {
@@ -178,7 +164,7 @@ impl Bench {
             .put(&url)
             .basic_auth("containers", Some("containers"))
             .header("content-type", "application/json")
-            .body(SEED_BODY)
+            .body(super::kit::seed_body())
             .send()
             .await?;
         let status = r.status().as_u16();

@@ -47,6 +47,8 @@ use serde_json::Value;
 mod deploy;
 #[path = "../../tests/common/etcd.rs"]
 mod etcd;
+#[path = "../../tests/common/kit.rs"]
+mod kit;
 mod pg;
 mod report;
 mod sessions;
@@ -61,7 +63,6 @@ use trial::{Outcome, Trial, run_trial, wait_healthy};
 
 const ID: &str = "1";
 const SCOPE: &str = "cf-1";
-const SEED_BODY: &str = r#"{"service_id":"0f5c1670-6dc3-11e5-bc08-6c4008a663f0","plan_id":"1545e30e-6dc3-11e5-826a-6c4008a663f0","organization_guid":"bench","space_guid":"bench"}"#;
 const ROUTER_PASSWORD: &str = "failover-bench-router";
 const LOOPBACK: &str = "127.0.0.1";
 

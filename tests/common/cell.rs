@@ -49,10 +49,7 @@ impl Cell {
     /// Loses the whole cell at once: the agent and every container, SIGKILL.
     pub fn kill_cell(&mut self) {
         self.kill_agent();
-        let ids = docker_ids(&format!("label=org.pgcell.cell={}", self.name));
-        if !ids.is_empty() {
-            let _ = Command::new("docker").args(["kill"]).args(&ids).output();
-        }
+        docker_kill_cell(&self.name);
     }
 
     /// SIGTERM to the agent (a planned stop); waits for it to exit.

@@ -92,26 +92,30 @@ impl Deployment {
         let api_port = free_port();
         let ports = port_block();
         let data_root = self.tmp.path().join(name);
-        let env: Vec<(String, String)> = [
-            ("PGCELL_CELL_NAME", name.to_string()),
-            ("PGCELL_DEPLOYMENT", self.id.clone()),
-            ("PGCELL_API_LISTEN", format!("127.0.0.1:{api_port}")),
-            ("PGCELL_PORT_RANGE", format!("{}-{}", ports.0, ports.1)),
-            ("PGCELL_DATA_ROOT", data_root.display().to_string()),
-            ("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoints()),
-            ("PGCELL_MEMORY_MB", "512".to_string()),
-            ("PGCELL_IMAGE", image().to_string()),
-            ("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1)),
-            ("PGCELL_LOG", "info,pgcell=debug".to_string()),
-            // One repository for the deployment's cells: the shared filesystem of a fleet.
-            ("PGCELL_BACKUP_REPO_PATH", self.tmp.path().join("backups").display().to_string()),
-            ("PGCELL_ARCHIVE_TIMEOUT_SECS", "10".to_string()),
-            ("PGCELL_BACKUP_REFRESH_SECS", "3".to_string()),
-        ]
-        .into_iter()
-        .chain(extra.iter().cloned())
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let etcd = self.etcd.endpoints();
+        let cell_env = CellEnv {
+            name,
+            deployment: &self.id,
+            api_port,
+            ports,
+            router_ports: self.router_ports,
+            data_root: &data_root,
+            etcd: &etcd,
+        };
+        let env: Vec<(String, String)> = cell_env
+            .vars()
+            .into_iter()
+            .chain([
+                ("PGCELL_IMAGE", image().to_string()),
+                ("PGCELL_LOG", "info,pgcell=debug".to_string()),
+                // One repository for the deployment's cells: the shared filesystem of a fleet.
+                ("PGCELL_BACKUP_REPO_PATH", self.tmp.path().join("backups").display().to_string()),
+                ("PGCELL_ARCHIVE_TIMEOUT_SECS", "10".to_string()),
+                ("PGCELL_BACKUP_REFRESH_SECS", "3".to_string()),
+            ])
+            .chain(extra.iter().cloned())
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         let mut cell = Cell {
             name: name.into(),
             api: format!("http://127.0.0.1:{api_port}"),

@@ -2,10 +2,7 @@
 
 use std::process::Command;
 
-fn docker_ps(filter: &str, format: &str) -> Vec<String> {
-    let out = Command::new("docker").args(["ps", "-a", "--filter", filter, "--format", format]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
-}
+use super::kit::docker_ps;
 
 pub fn docker_names(filter: &str) -> Vec<String> {
     let mut v = docker_ps(filter, "{{.Names}}");

@@ -10,6 +10,7 @@ mod docker;
 pub mod etcd;
 pub mod http;
 pub mod inproc;
+pub mod kit;
 mod link;
 mod pg;
 
@@ -17,6 +18,7 @@ pub use cell::*;
 pub use deployment::*;
 pub use docker::*;
 pub use etcd::Etcd;
+pub use kit::{CellEnv, docker_kill_cell, docker_remove_deployment, psql, seed_body};
 pub use link::*;
 pub use pg::*;
 

@@ -20,28 +20,8 @@ pub fn psql_session(url: &str) -> (std::process::Child, std::process::ChildStdin
     (held, stdin)
 }
 
-/// `psql -tA` with a URL; `Err` carries psql's stderr.
-pub fn psql(url: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args([url, "-X", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "3")
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
 pub fn dir_is_empty_or_missing(p: &Path) -> bool {
     std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(true)
-}
-
-pub fn seed_body() -> String {
-    format!(
-        r#"{{"service_id":"{SEED_SERVICE}","plan_id":"{SEED_PLAN}","organization_guid":"org","space_guid":"space"}}"#
-    )
 }
 
 /// The seed's walkthrough: PUT instance `id` on each cell in turn; returns once
