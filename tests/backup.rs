@@ -302,10 +302,9 @@ async fn new_replicas_come_from_the_repository_once_a_backup_exists() {
     // The leader moves; backups follow it (taken by the new leader's cell).
     let old_cell = d.cell_of("rep", &leader);
     d.pgcell(&["drain", &d.cells[old_cell].name]);
-    let new_leader = wait_for("a new leader", Duration::from_secs(60), || async {
-        d.leader("rep").await.filter(|l| *l != leader)
-    })
-    .await;
+    let new_leader =
+        wait_for("a new leader", Duration::from_secs(60), || async { d.leader("rep").await.filter(|l| *l != leader) })
+            .await;
     let out = d.pgcell(&["backup", "rep", "--type", "incr"]);
     assert!(out.contains("done: incr"), "{out}");
     let s = backup_state(&d, "rep").await.unwrap();
