@@ -298,6 +298,18 @@ async fn new_replicas_come_from_the_repository_once_a_backup_exists() {
     let replica = format!("{}/app", replica.strip_suffix("/postgres").unwrap());
     assert_eq!(psql(&replica, "select count(*) from t").unwrap(), "7");
     assert_eq!(psql(&replica, "select pg_is_in_recovery()").unwrap(), "t");
+
+    // The leader moves; backups follow it (taken by the new leader's cell).
+    let old_cell = d.cell_of("rep", &leader);
+    d.pgcell(&["drain", &d.cells[old_cell].name]);
+    let new_leader =
+        wait_for("a new leader", Duration::from_secs(60), || async { d.leader("rep").await.filter(|l| *l != leader) })
+            .await;
+    let out = d.pgcell(&["backup", "rep", "--type", "incr"]);
+    assert!(out.contains("done: incr"), "{out}");
+    let s = backup_state(&d, "rep").await.unwrap();
+    assert_eq!(s["member"].as_str(), Some(new_leader.as_str()), "published by the new leader's cell");
+    assert_eq!(s["info"]["backups"].as_array().unwrap().last().unwrap()["kind"], "incr");
 }
 
 #[tokio::test]

@@ -101,9 +101,18 @@ async fn seed_walkthrough_leader_replica_tools_and_delete() {
         assert!(dir_is_empty_or_missing(&cell.data_root), "data left in {}", cell.data_root.display());
     }
     assert!(d.etcd.dump("/service/").await.is_empty());
-    let left: Vec<_> =
-        d.etcd.dump("/pgcell/").await.into_iter().filter(|(k, _)| !k.starts_with("/pgcell/cells/")).collect();
+    let (backups, left): (Vec<_>, Vec<_>) = d
+        .etcd
+        .dump("/pgcell/")
+        .await
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("/pgcell/cells/"))
+        .partition(|(k, _)| k == "/pgcell/backups/1");
     assert!(left.is_empty(), "keys left: {left:?}");
+    // The backup state outlives the instance (restorable for the retention period), marked deleted.
+    for (_, v) in backups {
+        assert!(serde_json::from_str::<serde_json::Value>(&v).unwrap()["deleted_at"].is_u64(), "{v}");
+    }
     // A DELETE of what is gone is 410, as OSB says.
     let r = call("DELETE", &a.url(&format!("/v2/service_instances/1{q}")), SEED_AUTH, None).await;
     assert_eq!(r.status, 410, "{}", r.text);

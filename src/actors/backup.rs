@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::supervise::Lifeline;
 use crate::backup;
 use crate::cell::member::CellDeps;
 
@@ -15,11 +16,13 @@ pub struct BackupActor {
     deps: CellDeps,
     busy: BTreeSet<String>,
     expiring: bool,
+    /// Tells the daemon when this actor ends (it is a root: the agent exits).
+    _lifeline: Lifeline,
 }
 
 impl BackupActor {
-    pub fn new(deps: CellDeps) -> Self {
-        Self { deps, busy: BTreeSet::new(), expiring: false }
+    pub fn new(deps: CellDeps, lifeline: Lifeline) -> Self {
+        Self { deps, busy: BTreeSet::new(), expiring: false, _lifeline: lifeline }
     }
 
     fn pass(&mut self, ctx: &mut Context<Self>) {

@@ -47,17 +47,5 @@ pub async fn request(etcd: &mut Client, instance: &str, kind: &str) -> anyhow::R
 /// Records in the instance's backup state that it was deprovisioned: its
 /// backups stay, restorable by id, and `pgcell backups` says so.
 pub async fn mark_deleted(etcd: &mut Client, instance: &str) -> anyhow::Result<()> {
-    let key = keys::backup_state(instance);
-    let Some((mut s, rev)) = store::get_json::<state::BackupState>(etcd, &key).await? else { return Ok(()) };
-    if s.deleted_at.is_some() {
-        return Ok(());
-    }
-    s.deleted_at = Some(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0),
-    );
-    let txn = etcd_client::Txn::new()
-        .when([etcd_client::Compare::mod_revision(key.as_str(), etcd_client::CompareOp::Equal, rev)])
-        .and_then([etcd_client::TxnOp::put(key.as_str(), serde_json::to_vec(&s)?, None)]);
-    etcd.txn(txn).await.context("etcd txn (backup state deleted)")?;
-    Ok(())
+    store::mark_backups_deleted(etcd, instance).await
 }

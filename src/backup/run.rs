@@ -273,6 +273,8 @@ async fn check(deps: &CellDeps, id: &str, label: &str) -> state::Check {
 fn check_script(id: &str, label: &str) -> String {
     format!(
         r#"set -e
+# On failure, say why: pgBackRest's and PostgreSQL's logs end up in the result.
+trap 'rc=$?; if [ $rc != 0 ]; then tail -n 12 /var/lib/pgcell/pgbackrest-log/*.log /tmp/pg.log 2>/dev/null; fi; exit $rc' EXIT
 d={pgdata}
 mkdir -p "$d" /var/lib/pgcell/spool /var/lib/pgcell/pgbackrest-log
 cp /etc/pgcell-check/pgbackrest.conf /var/lib/pgcell/pgbackrest.conf

@@ -41,8 +41,20 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
         crate::actors::supervise::root(crate::actors::ActorKind::Cell, deps.cfg.name.clone(), 0);
     let cell = CellActor::new(deps.clone(), lifeline).start();
     // Backups of the instances led from here; its state is all in etcd and
-    // pgBackRest's repository, so a restarted agent simply carries on.
-    let _backups = deps.cfg.backup.enabled.then(|| crate::actors::backup::BackupActor::new(deps.clone()).start());
+    // pgBackRest's repository, so a restarted agent simply carries on. A root
+    // too: if it fails, the agent exits and is restarted (as for the CellActor)
+    // rather than run on without backups.
+    let backup_ended = deps.cfg.backup.enabled.then(|| {
+        let (lifeline, ended) = crate::actors::supervise::root("backup", deps.cfg.name.clone(), 0);
+        crate::actors::backup::BackupActor::new(deps.clone(), lifeline).start();
+        ended
+    });
+    let backup_ended = async move {
+        match backup_ended {
+            Some(rx) => rx.await,
+            None => std::future::pending().await,
+        }
+    };
     actix::spawn(registration::run(etcd, crate::etcd::keys::cell(&record.name), serde_json::to_vec(&record)?));
     tracing::info!(cell = %deps.cfg.name, api = %addr, "cell agent running");
 
@@ -73,6 +85,7 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
         // and the next agent re-adopts them) and lets the service manager
         // start a clean agent.
         Ok(ev) = root_ended => anyhow::bail!("the cell actor failed ({}); exiting so the agent is restarted", ev.reason),
+        Ok(ev) = backup_ended => anyhow::bail!("the backup actor failed ({}); exiting so the agent is restarted", ev.reason),
     }
 }
 

@@ -354,9 +354,30 @@ pub async fn forget_seed_instance_if_last(client: &mut Client, last: &Placement)
     let others = instance_cells(client, id).await?.into_iter().any(|c| c != last.cell);
     let has_spec = client.get(keys::spec(id), None).await.context("etcd get spec")?.count() > 0;
     if !others && !has_spec {
+        mark_backups_deleted(client, id).await?;
         delete_instance_keys(client, id).await?;
         tracing::info!(instance = %id, "last member removed; cluster keys deleted");
     }
+    Ok(())
+}
+
+/// Marks an instance's backup state (`/pgcell/backups/<id>`) deprovisioned
+/// now: the backups outlive the instance for a while, restorable by id. A
+/// JSON field set in place (the state's type lives in the backup logic).
+pub async fn mark_backups_deleted(client: &mut Client, instance: &str) -> anyhow::Result<()> {
+    let key = keys::backup_state(instance);
+    let Some((mut v, rev)) = get_json::<serde_json::Value>(client, &key).await? else { return Ok(()) };
+    if !v["deleted_at"].is_null() {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    v["deleted_at"] = now.into();
+    let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)]).and_then([TxnOp::put(
+        key.as_str(),
+        serde_json::to_vec(&v)?,
+        None,
+    )]);
+    client.txn(txn).await.context("etcd txn (backup state deleted)")?;
     Ok(())
 }
 
