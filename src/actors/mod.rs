@@ -23,11 +23,18 @@ pub enum ActorKind {
     Cluster,
     RouterTable,
     Broker,
+    Backup,
 }
 
 impl ActorKind {
-    pub const ALL: [ActorKind; 5] =
-        [ActorKind::Cell, ActorKind::Container, ActorKind::Cluster, ActorKind::RouterTable, ActorKind::Broker];
+    pub const ALL: [ActorKind; 6] = [
+        ActorKind::Cell,
+        ActorKind::Container,
+        ActorKind::Cluster,
+        ActorKind::RouterTable,
+        ActorKind::Broker,
+        ActorKind::Backup,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -36,6 +43,7 @@ impl ActorKind {
             ActorKind::Cluster => "cluster",
             ActorKind::RouterTable => "router_table",
             ActorKind::Broker => "broker",
+            ActorKind::Backup => "backup",
         }
     }
 

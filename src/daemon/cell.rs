@@ -45,7 +45,8 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
     // too: if it fails, the agent exits and is restarted (as for the CellActor)
     // rather than run on without backups.
     let backup_ended = deps.cfg.backup.enabled.then(|| {
-        let (lifeline, ended) = crate::actors::supervise::root("backup", deps.cfg.name.clone(), 0);
+        let (lifeline, ended) =
+            crate::actors::supervise::root(crate::actors::ActorKind::Backup, deps.cfg.name.clone(), 0);
         crate::actors::backup::BackupActor::new(deps.clone(), lifeline).start();
         ended
     });
