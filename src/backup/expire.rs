@@ -57,7 +57,7 @@ async fn delete_stanza(deps: &CellDeps, id: &str) -> anyhow::Result<()> {
          echo PGCELL-EXPIRE-OK\n",
         pgdata = crate::pgbackrest::PGDATA
     );
-    let name = format!("pgcell-expire-{id}");
+    let name = format!("pgcell-expire-{}-{id}", deps.cfg.name);
     let scratch = crate::docker::scratch::Scratch {
         name: &name,
         image: &deps.cfg.image,

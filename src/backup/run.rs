@@ -229,7 +229,8 @@ async fn check(deps: &CellDeps, id: &str, label: &str) -> state::Check {
     let script = check_script(id, label);
     let member = crate::names::member(id, &deps.cfg.name);
     let conf = deps.member_dir(&member).join(crate::pgbackrest::CONF_FILE);
-    let name = format!("pgcell-check-{id}");
+    // The member's name: unique in the fleet (and across test deployments on one host).
+    let name = format!("pgcell-check-{member}");
     let scratch = crate::docker::scratch::Scratch {
         name: &name,
         image: &deps.cfg.image,

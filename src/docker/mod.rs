@@ -148,13 +148,20 @@ pub async fn stop(docker: &Docker, name: &str, timeout_secs: i32) -> anyhow::Res
     }
 }
 
-/// Removes a container, stopped or not; a container already gone is fine.
+/// Removes a container, stopped or not; a container already gone, or being
+/// removed already (409 "removal ... already in progress"), is fine.
 pub async fn remove(docker: &Docker, name: &str) -> anyhow::Result<()> {
     let opts = RemoveContainerOptions { force: true, v: true, link: false };
     match docker.remove_container(name, Some(opts)).await {
-        Err(e) if !is_not_found(&e) => Err(e).with_context(|| format!("docker rm {name}")),
+        Err(e) if !is_not_found(&e) && !is_removal_in_progress(&e) => {
+            Err(e).with_context(|| format!("docker rm {name}"))
+        }
         _ => Ok(()),
     }
+}
+
+fn is_removal_in_progress(e: &DockerError) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code: 409, message } if message.contains("already in progress"))
 }
 
 /// Start and die events of this cell's member containers.
