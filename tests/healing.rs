@@ -264,3 +264,64 @@ async fn placements_on(d: &Deployment, cells: &[usize], names: &[String]) -> usi
     }
     n
 }
+
+/// A cell cut off from etcd (alive, its containers running): its leader stops
+/// serving writes, its member is replaced elsewhere, and when the cut heals the
+/// cell purges that member instead of running it.
+#[tokio::test]
+async fn a_partitioned_cell_is_replaced_and_purges_its_member_when_the_cut_heals() {
+    let mut d = Deployment::start(0).await;
+    let mut link = EtcdLink::new(&d.etcd.endpoint);
+    let names: Vec<String> = (0..3).map(|i| format!("{}-c{i}", d.id)).collect();
+    let through_link =
+        [("PGCELL_ETCD_ENDPOINTS", format!("127.0.0.1:{}", link.port)), ("PGCELL_ETCD_PROXIES", "true".into())];
+    d.add_cell_with_env(&names[0], &through_link).await;
+    d.add_cell(&names[1]).await;
+    d.add_cell(&names[2]).await;
+    d.start_router("r1", 30_000).await;
+    d.start_broker_with_env("b1", &[("PGCELL_REPLACE_AFTER_SECS", "3".into())]).await;
+    seed_cluster(&d, "p", &[0, 1]).await;
+    let old_member = format!("cf-p-{}", names[0]);
+    assert_eq!(d.leader("p").await.as_deref(), Some(old_member.as_str()));
+    let url = d.superuser_url("p", d.router_port("p").await).await;
+    psql(&url, "create table t(id serial primary key)").unwrap();
+    let direct = d.superuser_url("p", d.cells[0].ports.0).await;
+
+    link.cut();
+    let t0 = Instant::now();
+    wait_for("writes through the router on another cell", Duration::from_secs(60), || {
+        let (url, port) = (url.clone(), d.cells[0].ports.0.to_string());
+        async move {
+            let out = psql(&url, "insert into t default values returning inet_server_port()").ok();
+            out.and_then(|o| o.lines().next().map(str::to_string)).filter(|p| *p != port)
+        }
+    })
+    .await;
+    eprintln!("partition: writes elsewhere after {:.1}s", t0.elapsed().as_secs_f64());
+    let new_member = format!("cf-p-{}", names[2]);
+    wait_for("the cut-off member replaced and the replacement sync standby", Duration::from_secs(120), || async {
+        let cells = member_cells(&d, "p").await;
+        let moved = cells == [names[1].clone(), names[2].clone()];
+        (moved && sync_standby(&d, "p").await.as_deref() == Some(new_member.as_str())).then_some(())
+    })
+    .await;
+    eprintln!("partition: replacement is the synchronous standby after {:.1}s", t0.elapsed().as_secs_f64());
+    // The cut-off member, still running, does not take writes.
+    match psql(&direct, "select pg_is_in_recovery()") {
+        Ok(v) => assert_eq!(v, "t", "the cut-off member must not be a primary any more"),
+        Err(e) => eprintln!("the cut-off member refuses connections: {e}"),
+    }
+    assert!(psql(&direct, "insert into t default values").is_err(), "the cut-off member accepted a write");
+
+    // The cut heals: the cell purges the member that moved away, never runs it again.
+    link.up();
+    let old_container = format!("pgcell-{old_member}");
+    wait_for("the moved member purged by its cell", Duration::from_secs(90), || async {
+        let gone = !d.containers().contains(&old_container);
+        let placement = d.etcd.dump(&format!("/pgcell/placements/{}/p", names[0])).await;
+        (gone && placement.is_empty() && dir_is_empty_or_missing(&d.cells[0].data_root)).then_some(())
+    })
+    .await;
+    assert_ne!(d.leader("p").await.as_deref(), Some(old_member.as_str()), "no split brain");
+    assert_eq!(psql(&url, "select count(*) > 0 from t").unwrap(), "t");
+}
