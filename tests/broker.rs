@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::http::osb;
+use common::http::{osb, wait_operation};
 use common::*;
 use pgcell::broker::catalog::{self, PLANS, SERVICE_ID};
 use serde_json::{Value, json};
@@ -16,31 +16,6 @@ fn plan_id(name: &str) -> &'static str {
 fn provision_body(plan: &str, params: Value) -> String {
     json!({"service_id": SERVICE_ID, "plan_id": plan_id(plan), "organization_guid": "org", "space_guid": "space", "parameters": params})
         .to_string()
-}
-
-/// Polls `last_operation` until it is no longer in progress; returns (state or "gone", description, seconds).
-async fn wait_operation(broker: &str, id: &str, timeout: Duration) -> (String, String, f64) {
-    let t0 = Instant::now();
-    let url = format!("{broker}/v2/service_instances/{id}/last_operation");
-    let mut last = String::new();
-    loop {
-        let r = osb("GET", &url, None).await;
-        if r.status == 410 {
-            return ("gone".into(), String::new(), t0.elapsed().as_secs_f64());
-        }
-        assert_eq!(r.status, 200, "{}", r.text);
-        let (state, desc) =
-            (r.body["state"].as_str().unwrap().to_string(), r.body["description"].as_str().unwrap_or("").to_string());
-        if desc != last {
-            eprintln!("  [{:5.1}s] {id}: {state}: {desc}", t0.elapsed().as_secs_f64());
-            last = desc.clone();
-        }
-        if state != "in progress" {
-            return (state, desc, t0.elapsed().as_secs_f64());
-        }
-        assert!(t0.elapsed() < timeout, "operation on {id} still in progress after {timeout:?}: {desc}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 fn member_cells(d: &Deployment, id: &str) -> Vec<String> {

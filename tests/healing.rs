@@ -53,6 +53,34 @@ async fn member_cells(d: &Deployment, id: &str) -> Vec<String> {
     cells
 }
 
+/// Provisions `id` and starts a writer through the router on it: (its URL, the
+/// writer's stop flag, the writer).
+async fn writing_instance(
+    d: &Deployment,
+    broker: &str,
+    id: &str,
+    plan: &str,
+) -> (String, Arc<AtomicBool>, std::thread::JoinHandle<(Vec<i32>, u32)>) {
+    provision(d, broker, id, plan).await;
+    let url = d.superuser_url(id, d.router_port(id).await).await;
+    psql(&url, "create table acked(id int primary key)").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(url.clone(), stop.clone());
+    (url, stop, w)
+}
+
+/// Joins the (stopped) writer and checks every write it was told committed is
+/// there; returns how many there were.
+fn check_nothing_lost(url: &str, w: std::thread::JoinHandle<(Vec<i32>, u32)>) -> usize {
+    let (acked, failed) = w.join().unwrap();
+    let present: HashSet<i32> =
+        psql(url, "select id from acked").unwrap().lines().filter_map(|l| l.parse().ok()).collect();
+    let missing: Vec<&i32> = acked.iter().filter(|i| !present.contains(i)).collect();
+    eprintln!("writes: acknowledged {}, failed {failed}, lost {}", acked.len(), missing.len());
+    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+    acked.len()
+}
+
 /// A writer through the router on its own thread; returns the ids it was told were committed.
 fn writer(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec<i32>, u32)> {
     std::thread::spawn(move || {
@@ -75,11 +103,7 @@ async fn a_lost_cell_is_replaced_and_purges_its_member_when_it_returns() {
     let fast = [("PGCELL_REPLACE_AFTER_SECS", "3".to_string())];
     let b1 = d.start_broker_with_env("b1", &fast).await;
     let b2 = d.start_broker_with_env("b2", &fast).await;
-    provision(&d, &b1, "h1", "ha-2").await;
-    let url = d.superuser_url("h1", d.router_port("h1").await).await;
-    psql(&url, "create table acked(id int primary key)").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(url.clone(), stop.clone());
+    let (url, stop, w) = writing_instance(&d, &b1, "h1", "ha-2").await;
     let names: Vec<String> = d.cells.iter().map(|c| c.name.clone()).collect();
     let first = member_cells(&d, "h1").await;
     let spare = names.iter().find(|n| !first.contains(n)).unwrap().clone();
@@ -139,13 +163,8 @@ async fn a_lost_cell_is_replaced_and_purges_its_member_when_it_returns() {
     })
     .await;
     stop.store(true, Ordering::Relaxed);
-    let (acked, failed) = w.join().unwrap();
-    let present: HashSet<i32> =
-        psql(&url, "select id from acked").unwrap().lines().filter_map(|l| l.parse().ok()).collect();
-    let missing: Vec<&i32> = acked.iter().filter(|i| !present.contains(i)).collect();
-    eprintln!("writes: acknowledged {}, failed {failed}, lost {}", acked.len(), missing.len());
-    assert!(acked.len() > 20, "the writer barely wrote");
-    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+    let acked = check_nothing_lost(&url, w);
+    assert!(acked > 20, "the writer barely wrote");
     // No spare cell for the second loss: degraded, and said so.
     wait_for("the unreplaceable member counted", Duration::from_secs(30), || async {
         let m = common::http::call("GET", &format!("{broker}/metrics"), Some(("broker", BROKER_PASSWORD)), None).await;
@@ -215,11 +234,7 @@ async fn ha3_loses_two_cells_one_after_the_other_and_heals_both() {
     let mut d = Deployment::start(5).await;
     d.start_router("r1", 30_000).await;
     let broker = d.start_broker_with_env("b1", &[("PGCELL_REPLACE_AFTER_SECS", "2".into())]).await;
-    provision(&d, &broker, "h3", "ha-3").await;
-    let url = d.superuser_url("h3", d.router_port("h3").await).await;
-    psql(&url, "create table acked(id int primary key)").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(url.clone(), stop.clone());
+    let (url, stop, w) = writing_instance(&d, &broker, "h3", "ha-3").await;
     let names: Vec<String> = d.cells.iter().map(|c| c.name.clone()).collect();
     let mut lost = vec![];
     for round in 0..2 {
@@ -238,12 +253,7 @@ async fn ha3_loses_two_cells_one_after_the_other_and_heals_both() {
         eprintln!("round {round}: leader's cell lost -> three members again in {:.1}s", t0.elapsed().as_secs_f64());
     }
     stop.store(true, Ordering::Relaxed);
-    let (acked, failed) = w.join().unwrap();
-    let present: HashSet<i32> =
-        psql(&url, "select id from acked").unwrap().lines().filter_map(|l| l.parse().ok()).collect();
-    let missing: Vec<&i32> = acked.iter().filter(|i| !present.contains(i)).collect();
-    eprintln!("writes: acknowledged {}, failed {failed}, lost {}", acked.len(), missing.len());
-    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+    check_nothing_lost(&url, w);
     // Both lost cells come back and purge what moved away.
     for l in &lost {
         d.cells[*l].start_agent();

@@ -28,27 +28,8 @@ pub async fn provision(broker: &str, id: &str, plan: &str, params: Value) -> sup
 
 /// Polls `last_operation` until it settles; (state or "gone", description).
 pub async fn wait_operation(broker: &str, id: &str, timeout: Duration) -> (String, String) {
-    let t0 = Instant::now();
-    let url = format!("{broker}/v2/service_instances/{id}/last_operation");
-    let mut last = String::new();
-    loop {
-        let r = osb("GET", &url, None).await;
-        if r.status == 410 {
-            return ("gone".into(), String::new());
-        }
-        assert_eq!(r.status, 200, "{}", r.text);
-        let (state, desc) =
-            (r.body["state"].as_str().unwrap().to_string(), r.body["description"].as_str().unwrap_or("").to_string());
-        if desc != last {
-            eprintln!("  [{:5.1}s] {id}: {state}: {desc}", t0.elapsed().as_secs_f64());
-            last = desc.clone();
-        }
-        if state != "in progress" {
-            return (state, desc);
-        }
-        assert!(t0.elapsed() < timeout, "operation on {id} still in progress after {timeout:?}: {desc}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let (state, desc, _) = super::http::wait_operation(broker, id, timeout).await;
+    (state, desc)
 }
 
 /// The instance's backup state as the leader's cell published it.

@@ -1,5 +1,7 @@
 //! HTTP helpers for tests.
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
 pub struct Resp {
@@ -46,4 +48,29 @@ pub async fn osb_with(
     let text = resp.text().await.unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     Resp { status, body, text }
+}
+
+/// Polls `last_operation` until it is no longer in progress; returns (state or "gone", description, seconds).
+pub async fn wait_operation(broker: &str, id: &str, timeout: Duration) -> (String, String, f64) {
+    let t0 = Instant::now();
+    let url = format!("{broker}/v2/service_instances/{id}/last_operation");
+    let mut last = String::new();
+    loop {
+        let r = osb("GET", &url, None).await;
+        if r.status == 410 {
+            return ("gone".into(), String::new(), t0.elapsed().as_secs_f64());
+        }
+        assert_eq!(r.status, 200, "{}", r.text);
+        let (state, desc) =
+            (r.body["state"].as_str().unwrap().to_string(), r.body["description"].as_str().unwrap_or("").to_string());
+        if desc != last {
+            eprintln!("  [{:5.1}s] {id}: {state}: {desc}", t0.elapsed().as_secs_f64());
+            last = desc.clone();
+        }
+        if state != "in progress" {
+            return (state, desc, t0.elapsed().as_secs_f64());
+        }
+        assert!(t0.elapsed() < timeout, "operation on {id} still in progress after {timeout:?}: {desc}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
