@@ -156,6 +156,8 @@ async fn twelve_single_and_four_ha2_at_once_through_two_brokers_then_all_deleted
             !k.starts_with("/pgcell/cells/")
                 && !k.starts_with("/pgcell/routers/")
                 && !k.starts_with("/pgcell/deleted/")
+                // Backups outlive their instance (restorable for the retention period).
+                && !k.starts_with("/pgcell/backups/")
                 && k != "/pgcell/healer"
         })
         .collect();

@@ -45,7 +45,8 @@ async fn agent_kill_restart_readopts_without_restarting_postgres() {
     let r = call("GET", &actors, common::http::SEED_AUTH, None).await;
     let kinds: Vec<&str> = r.body.as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["cell", "container", "cluster"], "{}", r.text);
-    assert!(r.body[2]["state"].as_str().unwrap().contains("leader=cf-1-"), "{}", r.text);
+    assert_eq!(r.body[2]["state"], "following", "{}", r.text);
+    assert!(r.body[2]["detail"].as_str().unwrap().contains("leader=cf-1-"), "{}", r.text);
     let m = call("GET", &d.cells[0].url("/metrics"), common::http::SEED_AUTH, None).await;
     assert!(m.text.contains("pgcell_cell_containers{state=\"running\"} 1"), "{}", m.text);
     assert!(m.text.contains("pgcell_cell_clusters{role=\"master\"} 1"), "{}", m.text);
