@@ -138,8 +138,9 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
         Command::Leaders => crate::ops::leaders(&crate::ops::read_clusters(&mut client).await?),
         Command::States => crate::ops::states(&crate::ops::read_clusters(&mut client).await?),
         Command::Cells { action: None } => {
-            let mut lines = crate::ops::cells_table(&crate::ops::read_cells(&mut client).await?);
-            lines.extend(crate::ops::read_degraded(&mut client).await?);
+            let (rows, degraded) = crate::ops::read_cells(&mut client).await?;
+            let mut lines = crate::ops::cells_table(&rows);
+            lines.extend(degraded);
             lines
         }
         Command::Cells { action: Some(CellsAction::Retire { cell, timeout }) } => {

@@ -4,7 +4,7 @@
 //! listed again. `CellActor` feeds it events and performs the actions it
 //! returns; no runtime is needed to test it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::reconcile::{Desired, plan};
@@ -202,10 +202,6 @@ impl CellMachine {
     /// For the status line: members with an actor, clusters followed.
     pub fn counts(&self) -> (usize, usize) {
         (self.members.len(), self.clusters.len())
-    }
-
-    pub fn desired_members(&self) -> BTreeMap<String, Placement> {
-        self.desired.members()
     }
 }
 

@@ -74,7 +74,8 @@ pub struct CellRow {
     pub leaders: Vec<String>,
 }
 
-pub async fn read_cells(client: &mut Client) -> anyhow::Result<Vec<CellRow>> {
+/// The cells, and a `degraded:` line per degraded cluster, from one read of etcd.
+pub async fn read_cells(client: &mut Client) -> anyhow::Result<(Vec<CellRow>, Vec<String>)> {
     let fleet = crate::etcd::fleet::read(client).await?;
     let placements: Vec<store::Placement> = store::list_json(client, &keys::placements()).await?;
     let clusters = read_clusters(client).await?;
@@ -100,14 +101,15 @@ pub async fn read_cells(client: &mut Client) -> anyhow::Result<Vec<CellRow>> {
     for (cell, used) in &fleet.unregistered {
         rows.entry(cell.clone()).or_insert_with(|| row(cell, "lost", "", *used, None));
     }
-    for p in placements {
+    for p in &placements {
         let r = rows.entry(p.cell.clone()).or_insert_with(|| row(&p.cell, "lost", "", 0, None));
         r.members += 1;
         if clusters.get(&p.scope).and_then(|v| v.leader.as_deref()) == Some(p.member.as_str()) {
             r.leaders.push(p.scope.clone());
         }
     }
-    Ok(rows.into_values().collect())
+    let degraded = degraded(&placements, &clusters);
+    Ok((rows.into_values().collect(), degraded))
 }
 
 /// Clusters with fewer running members than placed (active placements), or
@@ -135,11 +137,6 @@ pub fn degraded(placements: &[store::Placement], clusters: &BTreeMap<String, Clu
             (!why.is_empty()).then(|| format!("degraded: {scope}: {}", why.join(", ")))
         })
         .collect()
-}
-
-pub async fn read_degraded(client: &mut Client) -> anyhow::Result<Vec<String>> {
-    let placements: Vec<store::Placement> = store::list_json(client, &keys::placements()).await?;
-    Ok(degraded(&placements, &read_clusters(client).await?))
 }
 
 pub fn cells_table(rows: &[CellRow]) -> Vec<String> {
