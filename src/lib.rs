@@ -4,7 +4,7 @@
 //! entries or lower layers (`tests/layers.rs` checks it; `docs/architecture.md`
 //! draws it):
 //!
-//! 1. leaves: [`names`], [`backoff`], [`secret`], [`metrics`] (every layer counts), [`config`].
+//! 1. leaves: [`names`], [`backoff`], [`secret`], [`tls`] (crypto provider, certificates), [`metrics`] (every layer counts), [`config`].
 //! 2. adapters: [`etcd`] (key layout, transactions, watches), [`pgbackrest`]
 //!    (its configuration, commands and `info`), [`patroni`] (its configuration
 //!    and what it writes in etcd), [`docker`] (member containers, `exec`).
@@ -36,3 +36,4 @@ pub mod patroni;
 pub mod pgbackrest;
 pub mod router;
 pub mod secret;
+pub mod tls;

@@ -9,6 +9,7 @@ const ORDER: &[&str] = &[
     "names",
     "backoff",
     "secret",
+    "tls",
     "metrics",
     "config", // leaves
     "etcd",
