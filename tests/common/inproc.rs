@@ -42,3 +42,27 @@ pub fn start_router(etcd: &str, name: &str) -> String {
     });
     url
 }
+
+/// Starts `pgcell cell` in-process against `etcd` with its API on port 0 and
+/// backups off; returns its base URL. It talks to the real Docker Engine but
+/// starts nothing unless a placement names it (its image does not exist: a
+/// test that lets it start a member fails loudly).
+pub fn start_cell(etcd: &str, name: &str, deployment: &str, data_root: &std::path::Path) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut cfg = pgcell::config::CellConfig {
+        name: name.into(),
+        deployment: deployment.into(),
+        data_root: data_root.into(),
+        etcd_endpoints: vec![etcd.into()],
+        image: "pgcell/postgres:none".into(),
+        ..Default::default()
+    };
+    cfg.backup.enabled = false;
+    std::thread::spawn(move || {
+        if let Err(e) = actix_web::rt::System::new().block_on(pgcell::daemon::cell::serve(cfg, listener)) {
+            eprintln!("in-process cell ended: {e:#}");
+        }
+    });
+    url
+}
