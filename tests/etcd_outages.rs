@@ -18,10 +18,10 @@ use common::*;
 const TTL: Duration = Duration::from_secs(10);
 /// A hung leader is replaced after its lock expires (at most ttl after it hung;
 /// right after an etcd restart etcd adds its election timeout, 1 s, to every
-/// lease) plus Patroni's probe of its REST API in the leader race
-/// (`Ha.fetch_node_status`, 2 s timeout, which a paused process never answers)
-/// plus the promotion: as a hung leader with no etcd restart (docs/decisions.md).
-/// Measured 12.0-12.9 s; 14.7 s once with a load average of 20 on 2 cores.
+/// lease) plus Patroni's probe of its REST API in the leader race (0.5 s with
+/// the image's patch, 2 s upstream: a paused process never answers) plus the
+/// promotion. The target is ttl + 1 s (issue #15); the bound leaves room for a
+/// loaded CI host and the figures are printed (docs/measurements.md).
 const HUNG_LEADER_BOUND: Duration = Duration::from_secs(15);
 
 /// A writer through the router: one `insert` per psql call, each with a fresh id.
@@ -282,4 +282,97 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_lead
     let lost: Vec<&i64> = acked.iter().filter(|i| !present.contains(i)).collect();
     eprintln!("hung after etcd restart: failovers {took_all:?} s; acknowledged {}, lost {}", acked.len(), lost.len());
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+/// iptables rules that drop what processes of `uid` send to some local ports;
+/// removed on drop (even when the test fails).
+struct Cut {
+    rules: Vec<Vec<String>>,
+}
+
+impl Cut {
+    fn ports(uid: &str, ports: &[u16]) -> Self {
+        let rules: Vec<Vec<String>> = ports
+            .iter()
+            .map(|p| {
+                ["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", &p.to_string(), "-m", "owner", "--uid-owner", uid]
+                    .into_iter()
+                    .chain(["-j", "DROP"])
+                    .map(String::from)
+                    .collect()
+            })
+            .collect();
+        for r in &rules {
+            let out = Command::new("iptables").arg("-I").args(r).output().unwrap();
+            assert!(out.status.success(), "iptables -I {r:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Self { rules }
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        for r in self.rules.drain(..) {
+            let _ = Command::new("iptables").arg("-D").args(&r).output();
+        }
+    }
+}
+
+/// A leader cut off alone: its Patroni loses its etcd member and the replica's
+/// REST API (and the replica loses the leader's), while the rest of the fleet is
+/// fine. Failsafe mode must not keep it primary: the replica takes over at ttl,
+/// and the old leader rejoins as a replica when the link is back.
+#[tokio::test]
+async fn a_leader_cut_off_alone_is_replaced_at_ttl_and_rejoins() {
+    let mut d = Deployment::start_with_etcd(0, 3).await;
+    // Each cell's Patroni uses only its own etcd members (as behind a proxy), so
+    // cutting cell A's member cuts cell A's Patroni off etcd and nothing else.
+    let (e0, rest) =
+        (d.etcd.member_endpoint(0), format!("{},{}", d.etcd.member_endpoint(1), d.etcd.member_endpoint(2)));
+    for (name, endpoints) in [("a", e0.clone()), ("b", rest)] {
+        let name = format!("{}-{name}", d.id);
+        let env = [("PGCELL_ETCD_ENDPOINTS", endpoints), ("PGCELL_ETCD_PROXIES", "true".to_string())];
+        d.add_cell_with_env(&name, &env).await;
+    }
+    let (url, mut writer) = ha2_with_writer(&mut d, 35_000).await;
+    let leader = d.leader("1").await.unwrap();
+    assert_eq!(d.cell_of("1", &leader), 0, "the first member leads");
+    let (a_pg, b_pg) = (d.member_port("1", 0).await, d.member_port("1", 1).await);
+    // A member's REST API is on the port after its PostgreSQL port.
+    let (a_api, b_api) = (a_pg + 1, b_pg + 1);
+    let uid =
+        Command::new("docker").args(["exec", &format!("pgcell-{leader}"), "id", "-u", "postgres"]).output().unwrap();
+    let uid = String::from_utf8(uid.stdout).unwrap().trim().to_string();
+    assert!(uid.parse::<u32>().is_ok_and(|u| u != 0), "postgres uid {uid:?}");
+    let e0_port: u16 = e0.rsplit(':').next().unwrap().parse().unwrap();
+
+    let cut = Cut::ports(&uid, &[e0_port, b_api, a_api]);
+    let t0 = Instant::now();
+    let replica = d.superuser_url("1", b_pg).await;
+    let mut id = 2_000_000_000;
+    wait_for("the replica writable", TTL * 3, || {
+        id += 1;
+        let ok = psql(&replica, &format!("insert into acked values ({id})")).ok();
+        async move { ok }
+    })
+    .await;
+    let took = t0.elapsed();
+    eprintln!("leader cut off alone: replica writable {:.2} s after the cut", took.as_secs_f64());
+    assert_ne!(d.leader("1").await.as_deref(), Some(leader.as_str()), "the cut-off leader kept the lock");
+    drop(cut);
+    let old = d.superuser_url("1", a_pg).await;
+    wait_for("the old leader streaming from the new one", Duration::from_secs(90), || {
+        let ok = psql(&old, "select pg_is_in_recovery()").ok().filter(|r| r.trim() == "t");
+        async move { ok }
+    })
+    .await;
+    wait_failover_candidate(&d, Duration::from_secs(90)).await;
+    writer.stop();
+    let acked = writer.acked();
+    let present: HashSet<i64> =
+        psql(&url, "select id from acked").unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let lost: Vec<&i64> = acked.iter().filter(|i| !present.contains(i)).collect();
+    eprintln!("cut-off leader: acknowledged {}, lost {}", acked.len(), lost.len());
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(took <= HUNG_LEADER_BOUND, "not replaced within {HUNG_LEADER_BOUND:?}: {took:?}");
 }
