@@ -147,6 +147,17 @@ async fn wait_failover_candidate(d: &Deployment, timeout: Duration) -> String {
     .await
 }
 
+/// Waits until a member takes inserts (ids from `first_id` up, never reused).
+async fn wait_writable(url: &str, first_id: i64) {
+    let mut id = first_id;
+    wait_for("the replica writable", TTL * 3, || {
+        id += 1;
+        let ok = psql(url, &format!("insert into acked values ({id})")).ok();
+        async move { ok }
+    })
+    .await;
+}
+
 async fn ha2_with_writer(d: &mut Deployment, grace_ms: u64) -> (String, Writer) {
     d.start_router("r1", grace_ms).await;
     seed_cluster(d, "1", &[0, 1]).await;
@@ -245,13 +256,7 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_lead
         docker(&["pause", &container]);
         let paused = Instant::now();
         let replica = d.superuser_url("1", d.member_port("1", new_cell).await).await;
-        let mut id = 1_000_000_000 * (delay as i64);
-        wait_for("the replica writable", TTL * 3, || {
-            id += 1;
-            let ok = psql(&replica, &format!("insert into acked values ({id})")).ok();
-            async move { ok }
-        })
-        .await;
+        wait_writable(&replica, 1_000_000_000 * (delay as i64)).await;
         let took = paused.elapsed();
         took_all.push(took.as_secs_f64());
         eprintln!(
@@ -348,14 +353,7 @@ async fn a_leader_cut_off_alone_is_replaced_at_ttl_and_rejoins() {
 
     let cut = Cut::ports(&uid, &[e0_port, b_api, a_api]);
     let t0 = Instant::now();
-    let replica = d.superuser_url("1", b_pg).await;
-    let mut id = 2_000_000_000;
-    wait_for("the replica writable", TTL * 3, || {
-        id += 1;
-        let ok = psql(&replica, &format!("insert into acked values ({id})")).ok();
-        async move { ok }
-    })
-    .await;
+    wait_writable(&d.superuser_url("1", b_pg).await, 2_000_000_000).await;
     let took = t0.elapsed();
     eprintln!("leader cut off alone: replica writable {:.2} s after the cut", took.as_secs_f64());
     assert_ne!(d.leader("1").await.as_deref(), Some(leader.as_str()), "the cut-off leader kept the lock");
