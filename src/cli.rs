@@ -69,6 +69,31 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Set up etcd's roles and users (broker, routers, each cell) and turn authentication on.
+    /// Runs as root: PGCELL_ETCD_USERNAME=root, PGCELL_ETCD_PASSWORD (on an etcd without
+    /// authentication yet, root is created with that password). The users' passwords come
+    /// from PGCELL_ETCD_BROKER_PASSWORD, PGCELL_ETCD_ROUTER_PASSWORD and, per cell,
+    /// PGCELL_ETCD_CELL_PASSWORD_<NAME> (upper case, '-' as '_'). TLS: PGCELL_ETCD_CA_FILE etc.
+    EtcdRoles {
+        #[command(subcommand)]
+        action: EtcdRolesAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EtcdRolesAction {
+    /// Create or update the roles and users (idempotent), then enable authentication
+    Apply {
+        /// A cell to set up (repeat for each cell); its user is pgcell-cell-<NAME>
+        #[arg(long = "cell", value_name = "NAME")]
+        cells: Vec<String>,
+    },
+    /// Print each role's key ranges, without touching etcd
+    Show {
+        /// Also show the role of this cell
+        #[arg(long = "cell", value_name = "NAME", default_value = "<name>")]
+        cell: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,6 +149,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             actix::System::new().block_on(crate::daemon::broker::run(cfg))
         }
+        Command::EtcdRoles { action: EtcdRolesAction::Show { cell } } => {
+            for (user, grants) in [
+                (crate::etcd::roles::BROKER_USER.to_string(), crate::etcd::roles::broker()),
+                (crate::etcd::roles::ROUTER_USER.to_string(), crate::etcd::roles::router()),
+                (crate::etcd::roles::cell_user(&cell), crate::etcd::roles::cell(&cell)),
+            ] {
+                println!("{user}:");
+                crate::etcd::roles::table(&grants).iter().for_each(|l| println!("  {l}"));
+            }
+            Ok(())
+        }
         tool => {
             let endpoints = etcd_endpoints(cli.etcd.as_deref(), vec!["127.0.0.1:2379".into()]);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -133,7 +169,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
-    let mut client = crate::etcd::connect(endpoints).await?;
+    let access = config::EtcdAccess::from_env()?;
+    if let Command::EtcdRoles { action: EtcdRolesAction::Apply { cells } } = &tool {
+        let users = crate::ops::etcd_roles::plan(cells, &|k| std::env::var(k).ok())?;
+        return crate::ops::etcd_roles::apply(endpoints, &access, &users).await;
+    }
+    let mut client = crate::etcd::connect(endpoints, &access).await?;
     let lines = match tool {
         Command::Leaders => crate::ops::leaders(&crate::ops::read_clusters(&mut client).await?),
         Command::States => crate::ops::states(&crate::ops::read_clusters(&mut client).await?),
@@ -189,7 +230,7 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
             anyhow::ensure!(left == 0, "{left} cluster(s) still lead on {cell}: see above");
             return Ok(());
         }
-        Command::Cell { .. } | Command::Router { .. } | Command::Broker { .. } => {
+        Command::Cell { .. } | Command::Router { .. } | Command::Broker { .. } | Command::EtcdRoles { .. } => {
             anyhow::bail!("daemons are started by run(), not as tools")
         }
     };

@@ -7,7 +7,9 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 mod backup;
+mod etcd_access;
 pub use backup::{BackupConfig, S3Config};
+pub use etcd_access::EtcdAccess;
 
 /// The etcd endpoints every subcommand takes, comma-separated.
 pub const ETCD_ENV: &str = "PGCELL_ETCD_ENDPOINTS";
@@ -71,6 +73,8 @@ pub struct CellConfig {
     pub failpoints: bool,
     /// Continuous archiving and base backups (pgBackRest), the same on every cell.
     pub backup: BackupConfig,
+    /// TLS and user for etcd (this cell's own user; its members' Patroni uses it too).
+    pub etcd_access: EtcdAccess,
 }
 
 impl Default for CellConfig {
@@ -96,6 +100,7 @@ impl Default for CellConfig {
             patroni: PatroniTiming::default(),
             failpoints: false,
             backup: BackupConfig::default(),
+            etcd_access: EtcdAccess::default(),
         }
     }
 }
@@ -138,6 +143,11 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_S3_CA_FILE", "backup.s3.ca_file"),
     ("PGCELL_S3_KEY", "backup.s3.key"),
     ("PGCELL_S3_KEY_SECRET", "backup.s3.key_secret"),
+    ("PGCELL_ETCD_CA_FILE", "etcd_access.ca_file"),
+    ("PGCELL_ETCD_CERT_FILE", "etcd_access.cert_file"),
+    ("PGCELL_ETCD_KEY_FILE", "etcd_access.key_file"),
+    ("PGCELL_ETCD_USERNAME", "etcd_access.username"),
+    ("PGCELL_ETCD_PASSWORD", "etcd_access.password"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -160,6 +170,7 @@ impl CellConfig {
         if self.etcd_endpoints.is_empty() {
             bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
         }
+        self.etcd_access.validate()?;
         self.backup.validate()
     }
 
@@ -200,6 +211,7 @@ pub struct RouterConfig {
     pub etcd_endpoints: Vec<String>,
     /// Serve `POST /debug/actors/router_table/routes/fail` (fault injection). Off by default.
     pub failpoints: bool,
+    pub etcd_access: EtcdAccess,
 }
 
 impl Default for RouterConfig {
@@ -216,6 +228,7 @@ impl Default for RouterConfig {
             data_threads: 2,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             failpoints: false,
+            etcd_access: EtcdAccess::default(),
         }
     }
 }
@@ -231,6 +244,11 @@ const ROUTER_ENV: &[(&str, &str)] = &[
     ("PGCELL_PROMOTE_WAIT_MS", "promote_wait_ms"),
     ("PGCELL_DATA_THREADS", "data_threads"),
     ("PGCELL_FAILPOINTS", "failpoints"),
+    ("PGCELL_ETCD_CA_FILE", "etcd_access.ca_file"),
+    ("PGCELL_ETCD_CERT_FILE", "etcd_access.cert_file"),
+    ("PGCELL_ETCD_KEY_FILE", "etcd_access.key_file"),
+    ("PGCELL_ETCD_USERNAME", "etcd_access.username"),
+    ("PGCELL_ETCD_PASSWORD", "etcd_access.password"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -243,6 +261,7 @@ impl RouterConfig {
         if cfg.etcd_endpoints.is_empty() {
             bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
         }
+        cfg.etcd_access.validate()?;
         Ok(cfg)
     }
 }
@@ -269,6 +288,7 @@ pub struct BrokerConfig {
     /// deprovision freeing slots.
     pub placement_wait_secs: u64,
     pub etcd_endpoints: Vec<String>,
+    pub etcd_access: EtcdAccess,
 }
 
 impl Default for BrokerConfig {
@@ -284,6 +304,7 @@ impl Default for BrokerConfig {
             replace_after_secs: 300,
             placement_wait_secs: 15,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
+            etcd_access: EtcdAccess::default(),
         }
     }
 }
@@ -298,6 +319,11 @@ const BROKER_ENV: &[(&str, &str)] = &[
     ("PGCELL_OPERATION_TIMEOUT_SECS", "operation_timeout_secs"),
     ("PGCELL_REPLACE_AFTER_SECS", "replace_after_secs"),
     ("PGCELL_PLACEMENT_WAIT_SECS", "placement_wait_secs"),
+    ("PGCELL_ETCD_CA_FILE", "etcd_access.ca_file"),
+    ("PGCELL_ETCD_CERT_FILE", "etcd_access.cert_file"),
+    ("PGCELL_ETCD_KEY_FILE", "etcd_access.key_file"),
+    ("PGCELL_ETCD_USERNAME", "etcd_access.username"),
+    ("PGCELL_ETCD_PASSWORD", "etcd_access.password"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -311,6 +337,7 @@ impl BrokerConfig {
         if cfg.etcd_endpoints.is_empty() {
             bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
         }
+        cfg.etcd_access.validate()?;
         Ok(cfg)
     }
 }

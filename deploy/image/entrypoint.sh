@@ -7,6 +7,8 @@ dir=/var/lib/pgcell
 repo=/var/lib/pgbackrest
 mkdir -p "$dir/pgdata" "$dir/spool" "$dir/pgbackrest-log"
 chown postgres:postgres "$dir" "$dir/pgdata" "$dir/spool" "$dir/pgbackrest-log" "$dir/patroni.yml"
+# etcd's CA, client certificate and key (docs/security.md), when etcd is locked down.
+[ -d "$dir/etcd" ] && chown -R postgres:postgres "$dir/etcd"
 [ -f "$dir/pgbackrest.conf" ] && chown postgres:postgres "$dir/pgbackrest.conf" && chmod 0600 "$dir/pgbackrest.conf"
 # Only the repository's top directory: what is below it was written by postgres already.
 [ -d "$repo" ] && chown postgres:postgres "$repo"

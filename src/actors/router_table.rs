@@ -239,7 +239,7 @@ impl Actor for RouterTableActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let instances = watch_prefix(self.etcd.clone(), keys::instances()).map(|e| (Source::Instances, e));
+        let instances = watch_prefix(self.etcd.clone(), keys::router_ports()).map(|e| (Source::Instances, e));
         let patroni = watch_prefix(self.etcd.clone(), keys::PATRONI_NAMESPACE.into()).map(|e| (Source::Patroni, e));
         ctx.add_stream(futures::stream::select(instances, patroni));
         ctx.run_interval(Duration::from_millis(250), |act, ctx| act.on_fence(FenceEvent::Tick, ctx));

@@ -76,6 +76,8 @@ impl CellDeps {
             restore: restore.as_ref(),
         }
         .render();
+        let rendered =
+            super::etcd_files::with_etcd_access(&self.cfg.etcd_access, &self.member_dir(&p.member), rendered)?;
         let dir = self.member_dir(&p.member);
         std::fs::DirBuilder::new()
             .recursive(true)

@@ -1,6 +1,7 @@
 //! Plain logic of a cell: what to do to make Docker match the placements.
 
 pub mod drain;
+pub mod etcd_files;
 pub mod machine;
 pub mod member;
 pub mod reconcile;

@@ -17,7 +17,7 @@ pub async fn run(cfg: BrokerConfig) -> anyhow::Result<()> {
 }
 
 pub async fn serve(cfg: BrokerConfig, listener: std::net::TcpListener) -> anyhow::Result<()> {
-    let etcd = crate::etcd::connect(&cfg.etcd_endpoints).await?;
+    let etcd = crate::etcd::connect(&cfg.etcd_endpoints, &cfg.etcd_access).await?;
     let creds = web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.clone() });
     tracing::info!(broker = %cfg.name, listen = %listener.local_addr()?, "broker running");
     let broker = Broker::new(etcd, cfg);

@@ -21,7 +21,7 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
 /// Runs the agent with an already-bound API listener (tests bind port 0).
 pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::Result<()> {
     let docker = crate::docker::connect().await?;
-    let etcd = crate::etcd::connect(&cfg.etcd_endpoints).await?;
+    let etcd = crate::etcd::connect(&cfg.etcd_endpoints, &cfg.etcd_access).await?;
     std::fs::create_dir_all(&cfg.data_root)
         .with_context(|| format!("cannot create data_root {}", cfg.data_root.display()))?;
     let addr = listener.local_addr()?;

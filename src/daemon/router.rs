@@ -36,7 +36,7 @@ pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> an
         cfg.password = crate::secret::random_password(24);
         tracing::warn!("no password configured: /debug and /metrics use a random one (set PGCELL_PASSWORD)");
     }
-    let etcd = crate::etcd::connect(&cfg.etcd_endpoints).await?;
+    let etcd = crate::etcd::connect(&cfg.etcd_endpoints, &cfg.etcd_access).await?;
     supervise::install_panic_hook();
     let data_path = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.data_threads.max(1))

@@ -1,6 +1,7 @@
 //! Operator tools, in the seed scripts' exact formats.
 
 pub mod backups;
+pub mod etcd_roles;
 pub mod retire;
 
 use std::collections::BTreeMap;

@@ -2,6 +2,7 @@
 //! cluster read from what Patroni writes under `/service/<scope>/`.
 
 pub mod config;
+pub mod etcd3;
 pub mod view;
 
 pub use view::{ClusterView, Health, MemberStatus};

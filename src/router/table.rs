@@ -35,11 +35,14 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// Applies an event of the `/pgcell/instances/` watch.
+    /// Applies an event of the `/pgcell/router_ports/` watch (port -> instance):
+    /// the router reads this index, never `/pgcell/instances/`, where the
+    /// instances' secrets live (its etcd role does not reach them).
     pub fn apply_instances(&mut self, ev: &WatchEvent) -> Affected {
+        let port_of = |k: &str| k.strip_prefix(keys::router_ports().as_str())?.parse::<u16>().ok();
         let parse = |k: &str, v: &[u8]| -> Option<(String, u16)> {
-            let id = keys::router_port_instance(k)?;
-            Some((id.to_string(), std::str::from_utf8(v).ok()?.trim().parse().ok()?))
+            let id = std::str::from_utf8(v).ok()?.trim();
+            Some((id.to_string(), port_of(k)?)).filter(|_| !id.is_empty())
         };
         match ev {
             WatchEvent::Snapshot { kvs, .. } => {
@@ -53,13 +56,16 @@ impl RoutingTable {
                 }
                 None => Affected::Nothing,
             },
-            WatchEvent::Delete { key, .. } => match keys::router_port_instance(key) {
-                Some(id) => {
-                    self.ports.remove(id);
-                    Affected::Instance(id.to_string())
+            WatchEvent::Delete { key, .. } => {
+                let id = port_of(key).and_then(|port| self.ports.iter().find(|(_, p)| **p == port));
+                match id.map(|(id, _)| id.clone()) {
+                    Some(id) => {
+                        self.ports.remove(&id);
+                        Affected::Instance(id)
+                    }
+                    None => Affected::Nothing,
                 }
-                None => Affected::Nothing,
-            },
+            }
             _ => Affected::Nothing,
         }
     }
@@ -144,7 +150,10 @@ mod tests {
     fn routes_follow_leader_and_need_a_running_primary() {
         let mut t = RoutingTable::default();
         t.apply_instances(&WatchEvent::Snapshot {
-            kvs: vec![(keys::router_port("1"), b"40000".to_vec()), (keys::secrets("1"), b"{}".to_vec())],
+            kvs: vec![
+                (keys::router_port_claim(40000), b"1".to_vec()),
+                ("/pgcell/router_ports/x".into(), b"2".to_vec()),
+            ],
             revision: 1,
         });
         assert_eq!(addr(&t, 40000), None, "no leader yet");
@@ -166,7 +175,7 @@ mod tests {
         t.apply_patroni(&WatchEvent::Delete { key: "/service/cf-1/leader".into(), revision: 9 });
         assert_eq!(addr(&t, 40000), None);
         assert_eq!(
-            t.apply_instances(&WatchEvent::Delete { key: keys::router_port("1"), revision: 10 }),
+            t.apply_instances(&WatchEvent::Delete { key: keys::router_port_claim(40000), revision: 10 }),
             Affected::Instance("1".into())
         );
         assert!(t.routes().is_empty());
@@ -176,8 +185,12 @@ mod tests {
     #[test]
     fn scopes_do_not_leak_into_each_other() {
         let mut t = RoutingTable::default();
-        t.apply_instances(&put(&keys::router_port("1"), "40000"));
-        t.apply_instances(&put(&keys::router_port("10"), "40001"));
+        t.apply_instances(&put(&keys::router_port_claim(40000), "1"));
+        t.apply_instances(&put(&keys::router_port_claim(40001), "10"));
+        assert_eq!(
+            t.apply_instances(&WatchEvent::Delete { key: keys::router_port_claim(40002), revision: 3 }),
+            Affected::Nothing
+        );
         t.apply_patroni(&put("/service/cf-10/members/a", RUNNING_MASTER));
         t.apply_patroni(&put("/service/cf-10/leader", "a"));
         assert_eq!(addr(&t, 40000), None);

@@ -72,9 +72,24 @@ impl Deployment {
 
     /// A deployment on an etcd cluster of `members`; every daemon gets every endpoint.
     pub async fn start_with_etcd(cells: usize, members: usize) -> Self {
+        Self::start_on(Etcd::cluster(members), cells).await
+    }
+
+    /// A deployment on a locked-down etcd (TLS with client certificates, auth
+    /// on): every cell, router and broker connects as its own user.
+    pub async fn start_secure(cells: usize, members: usize) -> Self {
+        let mut d = Self::start_on(Etcd::cluster_tls(members), 0).await;
+        let names: Vec<String> = (0..cells).map(|i| format!("{}-c{i}", d.id)).collect();
+        d.etcd.enable_auth(pgcell_bin(), &names);
+        for name in &names {
+            d.add_cell(name).await;
+        }
+        d
+    }
+
+    async fn start_on(etcd: Etcd, cells: usize) -> Self {
         let id = format!("t{}-{}", std::process::id(), free_port());
         let tmp = tempfile::tempdir().unwrap();
-        let etcd = Etcd::cluster(members);
         let router_ports = port_block();
         let mut d = Self { id, etcd, cells: vec![], routers: vec![], brokers: vec![], router_ports, tmp };
         for i in 0..cells {
@@ -113,6 +128,7 @@ impl Deployment {
                 ("PGCELL_ARCHIVE_TIMEOUT_SECS", "10".to_string()),
                 ("PGCELL_BACKUP_REFRESH_SECS", "3".to_string()),
             ])
+            .chain(self.etcd.access_env(&format!("pgcell-cell-{name}")))
             .chain(extra.iter().cloned())
             .map(|(k, v)| (k.to_string(), v))
             .collect();
@@ -147,6 +163,7 @@ impl Deployment {
             .env("PGCELL_BROKER_LISTEN", format!("127.0.0.1:{http_port}"))
             .env("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoints())
             .env("PGCELL_LOG", "info,pgcell=debug")
+            .envs(self.etcd.access_env(&format!("pgcell-{subcommand}")))
             // Last, so a daemon can be given e.g. its own way to etcd.
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
@@ -237,8 +254,12 @@ impl Deployment {
 
     /// `pgcell <args>` against this deployment's etcd.
     pub fn pgcell(&self, args: &[&str]) -> String {
-        let out =
-            Command::new(pgcell_bin()).args(args).env("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoints()).output().unwrap();
+        let out = Command::new(pgcell_bin())
+            .args(args)
+            .env("PGCELL_ETCD_ENDPOINTS", self.etcd.endpoints())
+            .envs(self.etcd.access_env("root"))
+            .output()
+            .unwrap();
         assert!(out.status.success(), "pgcell {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }

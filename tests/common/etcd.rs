@@ -1,8 +1,12 @@
 //! etcd for tests and examples (the local demo includes this file too): one
 //! member, or a cluster whose members can be stopped, frozen and restarted one
-//! at a time. Stopped on drop.
+//! at a time. Stopped on drop. `Etcd::cluster_tls` serves TLS only, with
+//! client certificates (made here with the openssl CLI); `enable_auth` then
+//! sets up pgcell's roles with `pgcell etcd-roles apply`.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,81 @@ pub struct Etcd {
     /// The first member's client address.
     pub endpoint: String,
     dir: tempfile::TempDir,
+    /// TLS material, for a `cluster_tls` etcd.
+    pub tls: Option<EtcdTls>,
+    /// etcd users and their passwords, once `enable_auth` ran (`root` among them).
+    pub passwords: HashMap<String, String>,
+}
+
+/// A test CA, etcd's server certificate (127.0.0.1, localhost) and one client
+/// certificate without a CN: etcd's HTTP gateway (Patroni's way in) refuses a
+/// client certificate with a CN when `--client-cert-auth` is on, and with no
+/// CN the certificate names no user, so it alone opens nothing.
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl EtcdTls {
+    /// P-256 keys: quick to make, understood by etcd (Go), rustls and Patroni (Python ssl).
+    pub fn generate(dir: &Path) -> Self {
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        openssl(
+            dir,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=pgcell-test-etcd-ca"],
+            ]
+            .concat(),
+        );
+        let sign = |name: &str, subject: &str, ext: &str| {
+            std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+            let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+            openssl(dir, &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", subject]].concat());
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &pem,
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{name}.ext"),
+                ],
+            );
+        };
+        sign(
+            "server",
+            "/CN=etcd",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        );
+        sign("client", "/O=pgcell-test-client", "extendedKeyUsage=clientAuth\n");
+        Self {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
 }
 
 impl Etcd {
@@ -36,7 +115,17 @@ impl Etcd {
     /// raft leader costs well under Patroni's per-request timeout (1 s with 3
     /// endpoints and retry_timeout 3).
     pub fn cluster(n: usize) -> Self {
+        Self::build(n, false)
+    }
+
+    /// Like `cluster`, serving TLS only and asking every client for a certificate signed by the test CA.
+    pub fn cluster_tls(n: usize) -> Self {
+        Self::build(n, true)
+    }
+
+    fn build(n: usize, tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let tls = tls.then(|| EtcdTls::generate(dir.path()));
         let members: Vec<EtcdMember> = (0..n)
             .map(|i| EtcdMember {
                 name: format!("m{i}"),
@@ -46,7 +135,7 @@ impl Etcd {
             })
             .collect();
         let endpoint = members[0].endpoint.clone();
-        let mut etcd = Self { members, endpoint, dir };
+        let mut etcd = Self { members, endpoint, dir, tls, passwords: HashMap::new() };
         for i in 0..n {
             etcd.spawn(i);
         }
@@ -111,7 +200,8 @@ impl Etcd {
     fn spawn(&mut self, i: usize) {
         let cluster = self.members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
         let m = &self.members[i];
-        let client_url = format!("http://{}", m.endpoint);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://{}", m.endpoint);
         let data = self.dir.path().join(format!("data-{}", m.name));
         let log = self.dir.path().join(format!("etcd-{}.log", m.name));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
@@ -122,6 +212,10 @@ impl Etcd {
             .args(["--initial-cluster", &cluster, "--initial-cluster-state", "new"]);
         if self.members.len() > 1 {
             cmd.args(["--heartbeat-interval", "100", "--election-timeout", "500"]);
+        }
+        if let Some(t) = &self.tls {
+            cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(&t.ca);
+            cmd.arg("--cert-file").arg(&t.server_cert).arg("--key-file").arg(&t.server_key);
         }
         let child = cmd
             .stdout(log.try_clone().unwrap())
@@ -139,9 +233,87 @@ impl Etcd {
         }
     }
 
+    /// A client with every right: root once authentication is on.
     pub async fn client(&self) -> etcd_client::Client {
-        let endpoints: Vec<&str> = self.members.iter().map(|m| m.endpoint.as_str()).collect();
-        etcd_client::Client::connect(endpoints, None).await.unwrap()
+        let endpoints: Vec<String> = self.members.iter().map(|m| m.endpoint.clone()).collect();
+        if self.tls.is_none() && self.passwords.is_empty() {
+            return etcd_client::Client::connect(endpoints, None).await.unwrap();
+        }
+        let root = self.passwords.contains_key("root").then_some("root");
+        pgcell::etcd::connect(&endpoints, &self.access(root)).await.unwrap()
+    }
+
+    /// How `user` (with its password from `enable_auth`) reaches this etcd; `None`: no user.
+    pub fn access(&self, user: Option<&str>) -> pgcell::config::EtcdAccess {
+        pgcell::config::EtcdAccess {
+            ca_file: self.tls.as_ref().map(|t| t.ca.clone()),
+            cert_file: self.tls.as_ref().map(|t| t.client_cert.clone()),
+            key_file: self.tls.as_ref().map(|t| t.client_key.clone()),
+            username: user.map(String::from),
+            password: user.map(|u| self.passwords.get(u).cloned().unwrap_or_else(|| panic!("no etcd user {u}"))),
+        }
+    }
+
+    /// The `PGCELL_ETCD_*` variables of `user`; nothing for an open etcd.
+    pub fn access_env(&self, user: &str) -> Vec<(&'static str, String)> {
+        let user = self.passwords.contains_key(user).then_some(user);
+        let a = self.access(user);
+        let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
+        [
+            ("PGCELL_ETCD_CA_FILE", path(a.ca_file)),
+            ("PGCELL_ETCD_CERT_FILE", path(a.cert_file)),
+            ("PGCELL_ETCD_KEY_FILE", path(a.key_file)),
+            ("PGCELL_ETCD_USERNAME", a.username),
+            ("PGCELL_ETCD_PASSWORD", a.password),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
+    }
+
+    /// Sets up the broker's, the routers' and `cells`' roles and users with
+    /// `pgcell etcd-roles apply` (the operator's command, binary `pgcell`) and
+    /// turns authentication on; `client()` is root from then on.
+    pub fn enable_auth(&mut self, pgcell: &str, cells: &[String]) {
+        let password = |u: &str| format!("{u}-pw-{}", free_port());
+        let mut users = vec!["root".to_string(), "pgcell-broker".into(), "pgcell-router".into()];
+        users.extend(cells.iter().map(|c| format!("pgcell-cell-{c}")));
+        let passwords: HashMap<String, String> = users.iter().map(|u| (u.clone(), password(u))).collect();
+        let mut cmd = Command::new(pgcell);
+        cmd.args(["etcd-roles", "apply"]).env("PGCELL_ETCD_ENDPOINTS", self.endpoints());
+        for c in cells {
+            cmd.args(["--cell", c]);
+            let var = format!("PGCELL_ETCD_CELL_PASSWORD_{}", c.to_ascii_uppercase().replace('-', "_"));
+            cmd.env(var, &passwords[&format!("pgcell-cell-{c}")]);
+        }
+        cmd.env("PGCELL_ETCD_BROKER_PASSWORD", &passwords["pgcell-broker"]);
+        cmd.env("PGCELL_ETCD_ROUTER_PASSWORD", &passwords["pgcell-router"]);
+        self.passwords = HashMap::from([("root".to_string(), passwords["root"].clone())]);
+        cmd.envs(self.access_env("root"));
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "pgcell etcd-roles apply: {}", String::from_utf8_lossy(&out.stderr));
+        self.passwords = passwords;
+    }
+
+    /// The real `etcdctl` (v3 API) against this etcd as `user` (`None`: no user),
+    /// with the test client certificate or without; returns (success, stdout + stderr).
+    pub fn etcdctl(&self, user: Option<&str>, with_cert: bool, args: &[&str]) -> (bool, String) {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.access(None).urls(std::slice::from_ref(&self.endpoint))[0]));
+        cmd.arg("--dial-timeout=3s").arg("--command-timeout=5s");
+        if let Some(t) = &self.tls {
+            cmd.arg(format!("--cacert={}", t.ca.display()));
+            if with_cert {
+                cmd.arg(format!("--cert={}", t.client_cert.display())).arg(format!("--key={}", t.client_key.display()));
+            }
+        }
+        if let Some(u) = user {
+            cmd.arg(format!("--user={u}:{}", self.passwords[u]));
+        }
+        let out = cmd.args(args).output().expect("etcdctl is installed (scripts/setup.sh)");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
     }
 
     /// Every key and value under `/` (for "nothing changed" checks).
