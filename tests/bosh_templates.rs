@@ -81,7 +81,7 @@ fn bosh_templates_render_into_valid_configs() {
 
     let mut found = Vec::new();
     toml_files(out, &mut found);
-    assert_eq!(found.len(), 6, "cell, router and broker in two scenarios: {found:?}");
+    assert_eq!(found.len(), 9, "cell, router and broker in three scenarios: {found:?}");
     for path in &found {
         let text = std::fs::read_to_string(path).unwrap();
         if let Err(e) = toml::from_str::<toml::Table>(&text) {
@@ -128,4 +128,30 @@ fn bosh_templates_render_into_valid_configs() {
     let drain = read(out, "own-etcd/pgcell-cell/bin/drain");
     assert!(drain.contains(&format!("ETCD={}", LINKED_ETCD.join(","))), "{drain}");
     assert!(drain.contains("CELL=cell-1"), "{drain}");
+
+    assert_eq!(c.etcd_access, Default::default(), "no etcd properties: an open etcd");
+
+    // etcd locked down: TLS and a user per job; the etcd job serves TLS and sets up the roles.
+    let files = "/var/vcap/jobs/pgcell-cell/config/etcd";
+    let c = cell(out, "locked-etcd");
+    let a = &c.etcd_access;
+    assert_eq!(a.ca_file, Some(PathBuf::from(format!("{files}/ca.pem"))));
+    assert_eq!(a.key_file, Some(PathBuf::from(format!("{files}/key.pem"))));
+    assert_eq!(a.user(), Some(("pgcell-cell-cell-1", "cell 'one' pw")));
+    assert_eq!(read(out, "locked-etcd/pgcell-cell/config/etcd/key.pem").trim(), "CLIENT KEY");
+    let r = router(out, "locked-etcd");
+    assert_eq!(
+        (r.etcd_access.user(), r.etcd_access.cert_file.as_ref()),
+        (Some(("pgcell-router", "router-etcd-pw")), None)
+    );
+    let b = broker(out, "locked-etcd");
+    assert_eq!(b["etcd_access"]["username"].as_str(), Some("pgcell-broker"));
+    let drain = read(out, "locked-etcd/pgcell-cell/bin/drain");
+    assert!(drain.contains("PGCELL_ETCD_USERNAME=pgcell-cell-cell-1"), "{drain}");
+    let etcd = read(out, "locked-etcd/etcd/config/etcd.yml");
+    assert!(etcd.contains("client-cert-auth: true") && etcd.contains("https://10.244.0.2:2379"), "{etcd}");
+    let post_start = read(out, "locked-etcd/etcd/bin/post-start");
+    assert!(post_start.contains("etcd-roles apply --cell cell-1"), "{post_start}");
+    assert!(post_start.contains(r"PGCELL_ETCD_CELL_PASSWORD_CELL_1=cell\ \'one\'\ pw"), "{post_start}");
+    assert!(read(out, "own-etcd/etcd/bin/post-start").contains("exit 0"), "no root password: no role setup");
 }
