@@ -89,6 +89,17 @@ async fn every_daemon_on_its_own_role_over_tls() {
     let q = format!("service_id={SERVICE_ID}&plan_id={}", plan_id("ha-2"));
     let r = osb("DELETE", &format!("{inst}/service_bindings/k1?{q}"), None).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    // Deprovision: the broker deletes the instance's and Patroni's keys, the cells purge their members.
+    let r = osb("DELETE", &format!("{inst}?accepts_incomplete=true&{q}"), None).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let (state, _, _) = wait_operation(&broker, "a1", Duration::from_secs(120)).await;
+    assert_eq!(state, "gone");
+    assert!(d.etcd.dump("/service/cf-a1/").await.is_empty() && d.etcd.dump("/pgcell/instances/a1/").await.is_empty());
+    wait_for("the members' containers gone", Duration::from_secs(30), || {
+        let left = d.containers().len();
+        async move { (left == 0).then_some(()) }
+    })
+    .await;
     for daemon in d.routers.iter().chain(&d.brokers) {
         assert!(!daemon.log().contains("permission denied"), "{}: {}", daemon.name, daemon.log());
     }
