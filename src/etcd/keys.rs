@@ -10,7 +10,7 @@
 //! | `/pgcell/instances/<id>/spec` | broker's instance spec (service, plan, parameters) | broker txn |
 //! | `/pgcell/instances/<id>/operation` | the instance's last operation and its progress | broker |
 //! | `/pgcell/instances/<id>/bindings/<bid>` | a binding (role name, password) | broker txn |
-//! | `/pgcell/router_ports/<port>` | instance id holding the router port | allocator txn |
+//! | `/pgcell/router_ports/<port>` | instance id holding the router port (what routers read: their role never reaches `instances/`) | allocator txn |
 //! | `/pgcell/instances/<id>/restore` | the restore a clone bootstraps from (`pgbackrest::RestoreSpec` JSON) | broker txn (provision) |
 //! | `/pgcell/instances/<id>/backup_request` | a backup asked for now | broker, `pgcell backup` |
 //! | `/pgcell/backups/<id>` | the instance's backup state; outlives the instance | the cell of its leader |
