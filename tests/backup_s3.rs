@@ -1,6 +1,7 @@
 //! Backups in an S3-compatible repository: moto (S3 API) behind haproxy
 //! (TLS; pgBackRest 2.45 speaks only HTTPS to S3) with a generated
-//! certificate, an encrypted repository, a clone restored from it.
+//! certificate, an encrypted repository, a clone restored from it, a restore
+//! check.
 
 mod common;
 
@@ -70,6 +71,8 @@ async fn s3_repository_encrypted_backup_and_clone() {
         ("PGCELL_S3_KEY", "test-key".into()),
         ("PGCELL_S3_KEY_SECRET", secret.into()),
         ("PGCELL_BACKUP_CIPHER_PASS", "cipher-pass-never-logged".into()),
+        // A restore check soon after the first backup (daily by default).
+        ("PGCELL_BACKUP_CHECK_EVERY_SECS", "20".into()),
     ];
     d.add_cell_with_env(&name, &env).await;
     d.start_router("r1", 8000).await;
@@ -91,6 +94,12 @@ async fn s3_repository_encrypted_backup_and_clone() {
     let (state, desc) = wait_operation(&broker, "s3b", Duration::from_secs(180)).await;
     assert_eq!(state, "succeeded", "{desc}\n{}", d.logs());
     assert_eq!(count(&app_url(&d, "s3b").await), "9");
+    // The restore check's scratch container reaches the object store too.
+    let s = wait_for("a restore check", Duration::from_secs(240), || async {
+        backup_state(&d, "s3a").await.filter(|s| s["last_check"].is_object())
+    })
+    .await;
+    assert_eq!(s["last_check"]["ok"], true, "{}", s["last_check"]);
     let logs = d.logs();
     assert!(!logs.contains(secret) && !logs.contains("cipher-pass-never-logged"), "a secret reached a log");
 }

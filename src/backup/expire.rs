@@ -66,6 +66,7 @@ async fn delete_stanza(deps: &CellDeps, id: &str) -> anyhow::Result<()> {
             .into_iter()
             .chain([format!("{}:/etc/pgcell-check/pgbackrest.conf:ro", conf.display())])
             .collect(),
+        network: crate::pgbackrest::repo_network(&deps.cfg.backup),
         memory_mb: 256,
         script: &script,
     };

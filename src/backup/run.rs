@@ -243,6 +243,7 @@ async fn check(deps: &CellDeps, id: &str, label: &str) -> state::Check {
             .into_iter()
             .chain([format!("{}:/etc/pgcell-check/pgbackrest.conf:ro", conf.display())])
             .collect(),
+        network: crate::pgbackrest::repo_network(&deps.cfg.backup),
         memory_mb: 512,
         script: &script,
     };

@@ -20,6 +20,9 @@ pub struct Scratch<'a> {
     pub labels: HashMap<String, String>,
     /// `host:container[:ro]` mounts.
     pub binds: Vec<String>,
+    /// Docker network mode: `none` (posix repository, nothing to reach) or
+    /// `host` (an S3 repository, reached like the members reach it).
+    pub network: &'a str,
     pub memory_mb: u64,
     /// Run by `sh -c` as root (the script drops to postgres itself).
     pub script: &'a str,
@@ -34,8 +37,8 @@ pub async fn run(docker: &Docker, s: &Scratch<'_>) -> anyhow::Result<ExecOutput>
         labels: Some(s.labels.clone()),
         entrypoint: Some(vec!["sh".into(), "-c".into(), s.script.to_string()]),
         host_config: Some(HostConfig {
-            // Nothing to reach: PostgreSQL listens on a socket inside.
-            network_mode: Some("none".into()),
+            // PostgreSQL listens on a socket inside; the network is the repository's.
+            network_mode: Some(s.network.to_string()),
             init: Some(true),
             binds: Some(s.binds.clone()),
             memory: Some((s.memory_mb * 1024 * 1024) as i64),

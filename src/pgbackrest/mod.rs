@@ -85,6 +85,13 @@ pub fn repo_binds(cfg: &BackupConfig) -> Vec<String> {
     vec![format!("{}:{REPO_MOUNT}", cfg.repo_path.display())]
 }
 
+/// The network of a scratch container (restore check, stanza deletion) that
+/// reads the repository: none for a mounted posix one; for S3 the host's, as
+/// the members (host network) reach the object store.
+pub fn repo_network(cfg: &BackupConfig) -> &'static str {
+    if cfg.is_s3() { "host" } else { "none" }
+}
+
 /// PostgreSQL's `archive_command`: asynchronous push into the member's own stanza.
 pub fn archive_command(stanza: &str) -> String {
     format!("pgbackrest --stanza={stanza} archive-push %p")
@@ -192,6 +199,7 @@ mod tests {
         }
         assert_eq!(repo_binds(&cfg), ["/etc/ca.pem:/etc/pgcell/s3-ca.pem:ro"]);
         assert_eq!(repo_binds(&BackupConfig::default()), ["/var/lib/pgcell-backups:/var/lib/pgbackrest"]);
+        assert_eq!((repo_network(&cfg), repo_network(&BackupConfig::default())), ("host", "none"));
         assert!(!render_conf(&BackupConfig::default(), "i1", 1).contains("cipher"));
     }
 
