@@ -4,8 +4,10 @@
 #   bench_init cell.sh cellbench 1   # name for messages, deployment prefix, exit status of die
 #   require_tools etcd docker ...
 #   pgcell_bin                       # sets PGCELL_BIN (builds the release binary unless set)
-#   start_etcd                       # sets ETCD (host:port) and ETCD_PID
+#   start_etcd                       # sets ETCD (host:port) and ETCD_PID; a fresh data dir each call
 #   PIDS+=($!)                       # every process started; killed newest first on exit
+#   start_s3 BUCKET                  # moto behind haproxy TLS: S3_PORT, S3_CA (adds to PIDS)
+#   stop_pids; stop_etcd; remove_containers   # the same clean-up mid-run (one phase after another)
 #
 # On exit (also on failure or Ctrl-C) it kills what is in PIDS by PID, newest
 # first, then etcd; removes the containers labelled with DEPLOYMENT and the
@@ -44,25 +46,12 @@ pgcell_bin() {
 }
 
 bench_cleanup() {
-  local rc=$? i pid ids f
+  local rc=$? f
   trap - EXIT INT TERM
   log "cleaning up"
-  # Newest first (routers, agents: so nothing restarts a container), etcd last.
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    kill "${PIDS[$i]}" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  if [ -n "$ETCD_PID" ]; then
-    kill "$ETCD_PID" 2>/dev/null || true
-    wait "$ETCD_PID" 2>/dev/null || true
-  fi
-  ids="$(docker ps -aq --filter "label=org.pgcell.deployment=$DEPLOYMENT" 2>/dev/null || true)"
-  if [ -n "$ids" ]; then
-    # shellcheck disable=SC2086
-    docker rm -f -v $ids >/dev/null 2>&1 || true
-  fi
+  stop_pids
+  stop_etcd
+  remove_containers
   if [ "$DIED" = 1 ] && [ -d "$TMP" ]; then
     for f in "$TMP"/*.log; do
       if [ -f "$f" ]; then echo "--- $f (tail) ---" >&2; tail -n 30 "$f" >&2; fi
@@ -70,6 +59,35 @@ bench_cleanup() {
   fi
   rm -rf "$TMP"
   exit "$rc"
+}
+
+# Kills what is in PIDS by PID, newest first (routers, agents: so nothing
+# restarts a container), waits for them, and empties PIDS.
+stop_pids() {
+  local i pid
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill "${PIDS[$i]}" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  PIDS=()
+}
+stop_etcd() {
+  if [ -n "$ETCD_PID" ]; then
+    kill "$ETCD_PID" 2>/dev/null || true
+    wait "$ETCD_PID" 2>/dev/null || true
+    ETCD_PID=""
+  fi
+}
+# The containers labelled with this run's DEPLOYMENT.
+remove_containers() {
+  local ids
+  ids="$(docker ps -aq --filter "label=org.pgcell.deployment=$DEPLOYMENT" 2>/dev/null || true)"
+  if [ -n "$ids" ]; then
+    # shellcheck disable=SC2086
+    docker rm -f -v $ids >/dev/null 2>&1 || true
+  fi
 }
 
 # A block of `n` ports nobody listens on or connects from, below the ephemeral
@@ -109,11 +127,35 @@ start_etcd() {
   port="$(free_port)"; peer="$(free_port)"
   ETCD="127.0.0.1:$port"
   log "starting etcd on $ETCD"
-  etcd --data-dir "$TMP/etcd" \
+  etcd --data-dir "$TMP/etcd-$port" \
     --listen-client-urls "http://$ETCD" --advertise-client-urls "http://$ETCD" \
     --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-    --initial-cluster "default=http://127.0.0.1:$peer" >"$TMP/etcd.log" 2>&1 &
+    --initial-cluster "default=http://127.0.0.1:$peer" >"$TMP/etcd-$port.log" 2>&1 &
   ETCD_PID=$!
   wait_until "etcd" 15 env ETCDCTL_API=3 etcdctl --endpoints "$ETCD" endpoint health
 }
 etcdget() { ETCDCTL_API=3 etcdctl --endpoints "$ETCD" get --print-value-only "$1"; }
+
+# A local S3 server for pgBackRest (which speaks only HTTPS to S3), as in
+# tests/backup_s3.rs: moto (PyPI, in memory) behind haproxy terminating TLS
+# with a generated certificate for "localhost", and BUCKET created (pgBackRest
+# never creates it). Sets S3_PORT (the TLS port) and S3_CA (the certificate).
+start_s3() {
+  local bucket="$1" moto tls d="$TMP/s3"
+  mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost -keyout "$d/key.pem" -out "$d/cert.pem" 2>/dev/null
+  cat "$d/cert.pem" "$d/key.pem" >"$d/both.pem"
+  moto="$(free_port)"; tls="$(free_port)"
+  log "starting moto on 127.0.0.1:$moto behind haproxy TLS on $tls"
+  moto_server -H 127.0.0.1 -p "$moto" >"$TMP/moto.log" 2>&1 &
+  PIDS+=($!)
+  printf '%s\n' global '  maxconn 256' defaults '  mode http' '  timeout connect 5s' '  timeout client 120s' \
+    '  timeout server 120s' frontend\ s3 "  bind 127.0.0.1:$tls ssl crt $d/both.pem" '  default_backend moto' \
+    backend\ moto "  server m 127.0.0.1:$moto" >"$d/haproxy.cfg"
+  haproxy -db -f "$d/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+  PIDS+=($!)
+  wait_until "moto" 30 curl -sf -X PUT "http://127.0.0.1:$moto/$bucket"
+  wait_until "haproxy" 15 curl -sf --cacert "$d/cert.pem" "https://localhost:$tls/$bucket"
+  S3_PORT="$tls"; S3_CA="$d/cert.pem"
+}
