@@ -61,6 +61,11 @@ async fn seed_walkthrough_leader_replica_tools_and_delete() {
     })
     .await;
 
+    // Neither member runs anything as root or keeps a capability.
+    for cell in [a, b] {
+        assert_least_privilege(&format!("pgcell-cf-1-{}", cell.name));
+    }
+
     // The operator tools, and the seed's scripts, print the seed's formats.
     wait_for("states to show both members running", Duration::from_secs(30), || {
         let out = d.pgcell(&["states"]);

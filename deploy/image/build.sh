@@ -57,6 +57,14 @@ rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/doc
 python3 "$here/patch-patroni.py" "$root" || die "cannot patch Patroni (see above)"
 install -m 0755 "$here/entrypoint.sh" "$root/usr/local/bin/pgcell-entrypoint"
 mkdir -p "$root/var/lib/pgcell" "$root/var/lib/pgbackrest"
+# Members run as postgres from their first process (no root, no capabilities):
+# the cell agent must chown their host files to this uid:gid before a start,
+# so the image says which it is (debootstrap picks the numbers).
+uid="$(chroot "$root" id -u postgres)"
+gid="$(chroot "$root" id -g postgres)"
+[ "$uid" != 0 ] || die "postgres has uid 0 in the image"
+# Scratch containers (restore checks) build their data directory here as postgres.
+chown "$uid:$gid" "$root/var/lib/pgcell" "$root/var/lib/pgbackrest"
 # The agent renders each member's pgbackrest.conf into its directory; the
 # variable makes every pgbackrest call (archive_command, docker exec) use it.
 
@@ -66,7 +74,7 @@ tar -C "$root" -c . | docker import \
   --change 'ENV LANG=C.UTF-8' \
   --change 'ENV PGBACKREST_CONFIG=/var/lib/pgcell/pgbackrest.conf' \
   --change 'ENTRYPOINT ["/usr/local/bin/pgcell-entrypoint"]' \
-  --change "LABEL org.pgcell.image=postgres org.pgcell.recipe=$version org.pgcell.patroni-failsafe=1" \
+  --change "LABEL org.pgcell.image=postgres org.pgcell.recipe=$version org.pgcell.patroni-failsafe=1 org.pgcell.postgres-user=$uid:$gid" \
   - "$tag" >/dev/null
 docker tag "$tag" pgcell/postgres:latest
 step "built $tag in $(( $(date +%s) - start ))s ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%d MB", $1/1000000}'))"

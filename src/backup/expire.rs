@@ -46,14 +46,14 @@ async fn delete_stanza(deps: &CellDeps, id: &str) -> anyhow::Result<()> {
     // No member is left to borrow a configuration from: render one.
     let conf = deps.cfg.data_root.join(format!(".expire-{id}.conf"));
     let text = crate::pgbackrest::render_conf(&deps.cfg.backup, id, 5432);
-    std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
-    std::fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    // Read inside the scratch container by the member's user.
+    let user = deps.member_owner().await?;
+    crate::cell::files::write_member_file(&conf, text.as_bytes(), user)?;
     let script = format!(
         "set -e\nmkdir -p {pgdata} /var/lib/pgcell/spool /var/lib/pgcell/pgbackrest-log\n\
          cp /etc/pgcell-check/pgbackrest.conf /var/lib/pgcell/pgbackrest.conf\n\
-         chown postgres:postgres /var/lib/pgcell /var/lib/pgcell/pgbackrest.conf {pgdata} /var/lib/pgcell/spool /var/lib/pgcell/pgbackrest-log\n\
-         runuser -u postgres -- pgbackrest --stanza={id} stop\n\
-         runuser -u postgres -- pgbackrest --stanza={id} --force stanza-delete\n\
+         pgbackrest --stanza={id} stop\n\
+         pgbackrest --stanza={id} --force stanza-delete\n\
          echo PGCELL-EXPIRE-OK\n",
         pgdata = crate::pgbackrest::PGDATA
     );
@@ -69,6 +69,7 @@ async fn delete_stanza(deps: &CellDeps, id: &str) -> anyhow::Result<()> {
         network: crate::pgbackrest::repo_network(&deps.cfg.backup),
         memory_mb: 256,
         script: &script,
+        user,
     };
     let res = crate::docker::scratch::run(&deps.docker, &scratch).await;
     let _ = std::fs::remove_file(&conf);

@@ -231,23 +231,27 @@ async fn check(deps: &CellDeps, id: &str, label: &str) -> state::Check {
     let conf = deps.member_dir(&member).join(crate::pgbackrest::CONF_FILE);
     // The member's name: unique in the fleet (and across test deployments on one host).
     let name = format!("pgcell-check-{member}");
-    let scratch = crate::docker::scratch::Scratch {
-        name: &name,
-        image: &deps.cfg.image,
-        labels: [
-            (crate::docker::LABEL_DEPLOYMENT.to_string(), deps.cfg.deployment.clone()),
-            ("org.pgcell.check".to_string(), id.to_string()),
-        ]
-        .into(),
-        binds: crate::pgbackrest::repo_binds(&deps.cfg.backup)
-            .into_iter()
-            .chain([format!("{}:/etc/pgcell-check/pgbackrest.conf:ro", conf.display())])
-            .collect(),
-        network: crate::pgbackrest::repo_network(&deps.cfg.backup),
-        memory_mb: 512,
-        script: &script,
-    };
-    let res = crate::docker::scratch::run(&deps.docker, &scratch).await;
+    let res = async {
+        let scratch = crate::docker::scratch::Scratch {
+            name: &name,
+            image: &deps.cfg.image,
+            labels: [
+                (crate::docker::LABEL_DEPLOYMENT.to_string(), deps.cfg.deployment.clone()),
+                ("org.pgcell.check".to_string(), id.to_string()),
+            ]
+            .into(),
+            binds: crate::pgbackrest::repo_binds(&deps.cfg.backup)
+                .into_iter()
+                .chain([format!("{}:/etc/pgcell-check/pgbackrest.conf:ro", conf.display())])
+                .collect(),
+            network: crate::pgbackrest::repo_network(&deps.cfg.backup),
+            memory_mb: 512,
+            script: &script,
+            user: deps.member_owner().await?,
+        };
+        crate::docker::scratch::run(&deps.docker, &scratch).await
+    }
+    .await;
     let res = res.and_then(|o| {
         anyhow::ensure!(
             o.stdout.contains("PGCELL-CHECK-OK"),
@@ -280,15 +284,14 @@ trap 'rc=$?; if [ $rc != 0 ]; then tail -n 12 /var/lib/pgcell/pgbackrest-log/*.l
 d={pgdata}
 mkdir -p "$d" /var/lib/pgcell/spool /var/lib/pgcell/pgbackrest-log
 cp /etc/pgcell-check/pgbackrest.conf /var/lib/pgcell/pgbackrest.conf
-chown postgres:postgres /var/lib/pgcell /var/lib/pgcell/pgbackrest.conf "$d" /var/lib/pgcell/spool /var/lib/pgcell/pgbackrest-log
 chmod 0700 "$d"
-runuser -u postgres -- pgbackrest --stanza={id} --set={label} --type=immediate --target-action=promote restore
-runuser -u postgres -- pg_ctl -D "$d" -l /tmp/pg.log -w -t 600 \
+pgbackrest --stanza={id} --set={label} --type=immediate --target-action=promote restore
+pg_ctl -D "$d" -l /tmp/pg.log -w -t 600 \
   -o "-c listen_addresses='' -c port=5432 -c unix_socket_directories=/tmp -c archive_mode=off" start \
   || {{ tail -n 20 /tmp/pg.log; exit 1; }}
-runuser -u postgres -- psql -X -At -h /tmp -p 5432 -d postgres -c "select count(*) from pg_database"
-runuser -u postgres -- pg_ctl -D "$d" -m fast stop
-runuser -u postgres -- pgbackrest --stanza={id} verify
+psql -X -At -h /tmp -p 5432 -d postgres -c "select count(*) from pg_database"
+pg_ctl -D "$d" -m fast stop
+pgbackrest --stanza={id} verify
 echo PGCELL-CHECK-OK
 "#,
         pgdata = crate::pgbackrest::PGDATA

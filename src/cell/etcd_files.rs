@@ -30,7 +30,7 @@ pub fn with_etcd_access(access: &EtcdAccess, member_dir: &Path, mut rendered: Va
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     // The uid postgres has in the image: whoever owns the data directory (the
-    // image's entrypoint hands the rest to postgres on a member's first start).
+    // agent's `files::prepare_member_dir` hands it to that uid before this runs).
     let owner = std::fs::metadata(member_dir.join("pgdata")).ok().map(|m| (m.uid(), m.gid()));
     let copy = |src: &Option<std::path::PathBuf>, name: &str| -> anyhow::Result<Option<String>> {
         let Some(src) = src else { return Ok(None) };

@@ -2,7 +2,6 @@
 //! configuration and its container.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -13,14 +12,6 @@ use crate::docker::{self, ContainerSpec};
 use crate::etcd::{Client, store};
 use crate::patroni::config::MemberConfig;
 use crate::pgbackrest::RestoreSpec;
-
-/// Writes a file readable by its owner only (it may hold secrets), atomically.
-fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("new");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    std::io::Write::write_all(&mut f, data)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-}
 
 /// What every member operation on a cell needs; cheap to clone.
 #[derive(Clone)]
@@ -76,25 +67,22 @@ impl CellDeps {
             restore: restore.as_ref(),
         }
         .render();
-        let rendered =
-            super::etcd_files::with_etcd_access(&self.cfg.etcd_access, &self.member_dir(&p.member), rendered)?;
+        // Everything the container reads or writes belongs to its (non-root)
+        // user; the etcd files take the owner of `pgdata`, so they come after it.
+        let owner = self.member_owner().await?;
         let dir = self.member_dir(&p.member);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join("patroni.yml");
-        let tmp = dir.join(".patroni.yml.new");
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        std::io::Write::write_all(&mut f, serde_json::to_string_pretty(&rendered)?.as_bytes())?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        super::files::prepare_member_dir(&dir, owner)?;
+        let rendered = super::etcd_files::with_etcd_access(&self.cfg.etcd_access, &dir, rendered)?;
+        let yml = serde_json::to_string_pretty(&rendered)?;
+        super::files::write_member_file(&dir.join("patroni.yml"), yml.as_bytes(), owner)?;
         if let Some(b) = backup {
             let conf = crate::pgbackrest::render_conf(b, &p.instance_id, p.pg_port);
-            write_private(&dir.join(crate::pgbackrest::CONF_FILE), conf.as_bytes())?;
+            super::files::write_member_file(&dir.join(crate::pgbackrest::CONF_FILE), conf.as_bytes(), owner)?;
             if !b.is_s3() {
                 std::fs::create_dir_all(&b.repo_path)
                     .with_context(|| format!("cannot create the backup repository {}", b.repo_path.display()))?;
+                // Only the top: what is below it was written by the member's user already.
+                super::files::chown_to_member(&b.repo_path, owner)?;
             }
         }
         Ok(())
@@ -137,6 +125,7 @@ impl CellDeps {
                     .map(crate::pgbackrest::repo_binds)
                     .unwrap_or_default(),
                 memory_mb: p.memory_mb,
+                user: self.member_owner().await?,
             };
             docker::create(&self.docker, &spec).await?;
         }

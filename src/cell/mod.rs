@@ -2,6 +2,7 @@
 
 pub mod drain;
 pub mod etcd_files;
+pub mod files;
 pub mod machine;
 pub mod member;
 pub mod reconcile;

@@ -13,6 +13,9 @@ use futures::Stream;
 
 pub mod exec;
 pub mod scratch;
+pub mod user;
+
+pub use user::{Owner, member_owner};
 
 pub const LABEL_MANAGED: &str = "org.pgcell.managed";
 pub const LABEL_DEPLOYMENT: &str = "org.pgcell.deployment";
@@ -64,6 +67,15 @@ pub struct ContainerSpec {
     /// More `host:container[:ro]` mounts (the backup repository, its CA file).
     pub binds: Vec<String>,
     pub memory_mb: u64,
+    /// The image's postgres: the container never runs as root.
+    pub user: Owner,
+}
+
+/// No capability at all (PostgreSQL, Patroni and pgBackRest need none as
+/// their own user) and no way to gain one (setuid binaries stay inert).
+pub fn least_privilege(host: &mut HostConfig) {
+    host.cap_drop = Some(vec!["ALL".into()]);
+    host.security_opt = Some(vec!["no-new-privileges".into()]);
 }
 
 fn label_filter(cell: &str) -> HashMap<String, Vec<String>> {
@@ -94,7 +106,7 @@ pub async fn list_cell(docker: &Docker, cell: &str) -> anyhow::Result<Vec<Member
 }
 
 pub async fn create(docker: &Docker, spec: &ContainerSpec) -> anyhow::Result<()> {
-    let host_config = HostConfig {
+    let mut host_config = HostConfig {
         // Host networking: members listen on their allocated host ports, with
         // no NAT on the data path (docs/decisions.md).
         network_mode: Some("host".into()),
@@ -114,8 +126,10 @@ pub async fn create(docker: &Docker, spec: &ContainerSpec) -> anyhow::Result<()>
         }),
         ..Default::default()
     };
+    least_privilege(&mut host_config);
     let body = ContainerCreateBody {
         image: Some(spec.image.clone()),
+        user: Some(spec.user.user_spec()),
         labels: Some(spec.labels.clone()),
         host_config: Some(host_config),
         stop_timeout: Some(30),

@@ -24,26 +24,31 @@ pub struct Scratch<'a> {
     /// `host` (an S3 repository, reached like the members reach it).
     pub network: &'a str,
     pub memory_mb: u64,
-    /// Run by `sh -c` as root (the script drops to postgres itself).
+    /// Run by `sh -c` as `user`, with no capabilities, like a member.
     pub script: &'a str,
+    /// The image's postgres (`super::member_owner`).
+    pub user: super::Owner,
 }
 
 /// Runs the script to its end; the container is removed whatever happens.
 pub async fn run(docker: &Docker, s: &Scratch<'_>) -> anyhow::Result<ExecOutput> {
     // A leftover of an earlier check that died with its agent.
     super::remove(docker, s.name).await?;
+    let mut host = HostConfig {
+        // PostgreSQL listens on a socket inside; the network is the repository's.
+        network_mode: Some(s.network.to_string()),
+        init: Some(true),
+        binds: Some(s.binds.clone()),
+        memory: Some((s.memory_mb * 1024 * 1024) as i64),
+        ..Default::default()
+    };
+    super::least_privilege(&mut host);
     let body = ContainerCreateBody {
         image: Some(s.image.to_string()),
         labels: Some(s.labels.clone()),
         entrypoint: Some(vec!["sh".into(), "-c".into(), s.script.to_string()]),
-        host_config: Some(HostConfig {
-            // PostgreSQL listens on a socket inside; the network is the repository's.
-            network_mode: Some(s.network.to_string()),
-            init: Some(true),
-            binds: Some(s.binds.clone()),
-            memory: Some((s.memory_mb * 1024 * 1024) as i64),
-            ..Default::default()
-        }),
+        user: Some(s.user.user_spec()),
+        host_config: Some(host),
         ..Default::default()
     };
     let opts = CreateContainerOptions { name: Some(s.name.to_string()), platform: String::new() };

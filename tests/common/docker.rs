@@ -13,3 +13,28 @@ pub fn docker_names(filter: &str) -> Vec<String> {
 pub fn docker_ids(filter: &str) -> Vec<String> {
     docker_ps(filter, "{{.ID}}")
 }
+
+/// A member container as a security review checks it: `docker inspect` shows a
+/// non-root user, every capability dropped and no-new-privileges; `ps` inside
+/// shows PostgreSQL and Patroni running and no process of root at all.
+pub fn assert_least_privilege(container: &str) {
+    let fmt = "{{.Config.User}}|{{json .HostConfig.CapDrop}}|{{json .HostConfig.SecurityOpt}}";
+    let out = Command::new("docker").args(["inspect", "-f", fmt, container]).output().unwrap();
+    assert!(out.status.success(), "docker inspect {container}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let parts: Vec<&str> = text.split('|').collect();
+    let user = parts[0];
+    assert!(
+        !user.is_empty() && user != "root" && user != "0" && !user.starts_with("0:") && !user.starts_with("root:"),
+        "{container} runs as {user:?}: {text}"
+    );
+    assert_eq!(parts[1], r#"["ALL"]"#, "{container} keeps capabilities: {text}");
+    assert!(parts[2].contains("no-new-privileges"), "{container} may gain privileges: {text}");
+    let ps = Command::new("docker").args(["exec", container, "ps", "-e", "-o", "user=,comm="]).output().unwrap();
+    assert!(ps.status.success(), "ps in {container}: {}", String::from_utf8_lossy(&ps.stderr));
+    let ps = String::from_utf8_lossy(&ps.stdout).to_string();
+    let rows: Vec<(&str, &str)> = ps.lines().filter_map(|l| l.split_once(char::is_whitespace)).collect();
+    assert!(rows.iter().any(|(_, c)| c.trim() == "postgres"), "no postgres process in {container}:\n{ps}");
+    assert!(rows.iter().any(|(_, c)| c.trim() == "patroni"), "no patroni process in {container}:\n{ps}");
+    assert!(rows.iter().all(|(u, _)| *u != "root"), "a root process in {container}:\n{ps}");
+}
