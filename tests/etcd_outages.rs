@@ -114,11 +114,6 @@ fn patroni_log_count(d: &Deployment, what: &str) -> usize {
         .sum()
 }
 
-fn docker(args: &[&str]) {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// Waits until etcd member `i` serves a (linearizable) read; returns when.
 async fn wait_serving(d: &Deployment, i: usize) -> Instant {
     let endpoint = d.etcd.member_endpoint(i);
@@ -252,8 +247,7 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_lead
         d.etcd.resume();
         let back = wait_serving(&d, 0).await;
         tokio::time::sleep(Duration::from_secs(delay).saturating_sub(back.elapsed())).await;
-        let container = format!("pgcell-{leader}");
-        docker(&["pause", &container]);
+        let frozen = Paused::new(&format!("pgcell-{leader}"));
         let paused = Instant::now();
         let replica = d.superuser_url("1", d.member_port("1", new_cell).await).await;
         wait_writable(&replica, 1_000_000_000 * (delay as i64)).await;
@@ -266,7 +260,7 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_lead
         // Promoted, its old leader hung: no failover candidate, and pgcell says so.
         let states = d.pgcell(&["states"]);
         assert!(states.contains("degraded:no-sync-standby"), "{states}");
-        docker(&["unpause", &container]);
+        drop(frozen);
         assert!(took <= HUNG_LEADER_BOUND, "no failover within {HUNG_LEADER_BOUND:?}: {took:?}");
     }
     wait_failover_candidate(&d, Duration::from_secs(120)).await;

@@ -38,3 +38,22 @@ pub fn assert_least_privilege(container: &str) {
     assert!(rows.iter().any(|(_, c)| c.trim() == "patroni"), "no patroni process in {container}:\n{ps}");
     assert!(rows.iter().all(|(u, _)| *u != "root"), "a root process in {container}:\n{ps}");
 }
+
+/// A container paused (`docker pause`) until this is dropped, even by a failing
+/// test: left frozen, any `docker exec` into it (a cell agent's backup) hangs
+/// and with it every later Docker call on that container, cleanup included.
+pub struct Paused(String);
+
+impl Paused {
+    pub fn new(container: &str) -> Self {
+        let out = std::process::Command::new("docker").args(["pause", container]).output().unwrap();
+        assert!(out.status.success(), "docker pause {container}: {}", String::from_utf8_lossy(&out.stderr));
+        Self(container.to_string())
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["unpause", &self.0]).output();
+    }
+}
