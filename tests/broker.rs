@@ -28,6 +28,57 @@ fn member_cells(d: &Deployment, id: &str) -> Vec<String> {
     v
 }
 
+async fn superuser_password(d: &Deployment, id: &str) -> String {
+    let url = d.superuser_url(id, 1).await;
+    url.strip_prefix("postgres://postgres:").unwrap().split_once('@').unwrap().0.to_string()
+}
+
+/// What a binding's user tries beyond its database fails with a permission
+/// error, as psql shows it: its role can do ordinary work in `app` (checked by
+/// the caller) and nothing else. The superuser password is in no credentials.
+async fn binding_has_least_privilege(d: &Deployment, uri: &str, credentials: &[&str]) {
+    let superuser = superuser_password(d, "i1").await;
+    for c in credentials {
+        assert!(!c.contains(&superuser), "the superuser password is in a binding's credentials");
+    }
+    for (what, sql) in [
+        ("create a role", "create role intruder login password 'x'"),
+        ("create a database", "create database other"),
+        ("read passwords", "select rolname, rolpassword from pg_authid"),
+        ("become the superuser", "set role postgres"),
+        ("grant itself superuser", "alter role current_user superuser"),
+    ] {
+        let err = psql(uri, sql).expect_err(&format!("a binding could {what}"));
+        assert!(err.contains("permission denied") || err.contains("must be superuser"), "{what}: {err}");
+    }
+    // The postgres database is closed: the same login, another database.
+    assert!(uri.contains("/app"), "{uri}");
+    for db in ["postgres", "template1"] {
+        let err = psql(&uri.replacen("/app", &format!("/{db}"), 1), "select 1")
+            .expect_err(&format!("a binding could connect to {db}"));
+        assert!(err.contains("permission denied for database"), "{db}: {err}");
+    }
+    // Its attributes, and that neither it nor the owner role it acts as owns
+    // anything outside `app` (pg_shdepend covers every database).
+    let attrs = "select rolsuper, rolreplication, rolcreaterole, rolcreatedb, rolbypassrls from pg_roles \
+                 where rolname in (session_user, 'app_owner')";
+    assert_eq!(psql(uri, attrs).unwrap(), "f|f|f|f|f\nf|f|f|f|f");
+    let owned_by_binding = "select count(*) from pg_shdepend where deptype = 'o' \
+                            and refobjid = (select oid from pg_roles where rolname = session_user)";
+    assert_eq!(psql(uri, owned_by_binding).unwrap(), "0");
+    let app = "(select oid from pg_database where datname = 'app')";
+    let owned_elsewhere = format!(
+        "select count(*) from pg_shdepend where deptype = 'o' \
+         and refobjid = (select oid from pg_roles where rolname = 'app_owner') \
+         and dbid <> {app} and not (classid = 'pg_database'::regclass and objid = {app})"
+    );
+    assert_eq!(psql(uri, &owned_elsewhere).unwrap(), "0");
+    assert!(
+        psql(uri, "select count(*) from pg_shdepend where deptype = 'o'").unwrap() != "0",
+        "the owner owns app's tables"
+    );
+}
+
 #[tokio::test]
 async fn ha_lifecycle_bind_share_unbind_update_deprovision() {
     let mut d = Deployment::start(3).await;
@@ -86,6 +137,7 @@ async fn ha_lifecycle_bind_share_unbind_update_deprovision() {
     assert_ne!(uri1, uri2, "each binding has its own role");
     psql(&uri2, "insert into shared values (2)").unwrap();
     assert_eq!(psql(&uri2, "select count(*) from shared").unwrap(), "2");
+    binding_has_least_privilege(&d, &uri2, &[&b1.text, &b2.text]).await;
     assert_eq!(osb("PUT", &format!("{inst}/service_bindings/k2"), Some(&bind_body)).await.status, 200);
     let fetched = osb("GET", &format!("{inst}/service_bindings/k2"), None).await;
     assert_eq!(fetched.body["credentials"]["uri"].as_str(), Some(uri2.as_str()));
@@ -124,6 +176,16 @@ async fn ha_lifecycle_bind_share_unbind_update_deprovision() {
     .await;
     assert_eq!(d.leader("i1").await, leader_before, "the leader was not the member removed");
     assert_eq!(psql(&uri2, "select count(*) from shared").unwrap(), "2");
+
+    let superuser = superuser_password(&d, "i1").await;
+    let mut logs = d.logs();
+    for c in d.containers() {
+        let out = std::process::Command::new("docker").args(["logs", &c]).output().unwrap();
+        logs.push_str(&String::from_utf8_lossy(&out.stdout));
+        logs.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(logs.len() > 1000, "no logs to search");
+    assert!(!logs.contains(&superuser), "the superuser password is in a log");
 
     // Deprovision: nothing of the instance remains.
     let q3 = format!("service_id={SERVICE_ID}&plan_id={}", plan_id("ha-2"));

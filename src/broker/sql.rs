@@ -42,6 +42,7 @@ pub async fn setup_instance(host: &str, port: u16, password: &str, extensions: &
     if !exists {
         c.batch_execute(&format!("CREATE DATABASE {DATABASE} OWNER {OWNER}")).await.context("create database")?;
     }
+    c.batch_execute(&lock_down_sql()).await.context("restrict databases and the owner role")?;
     let app = connect(host, port, password, DATABASE).await?;
     for e in extensions {
         app.batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {}", ident(e)))
@@ -50,6 +51,31 @@ pub async fn setup_instance(host: &str, port: u16, password: &str, extensions: &
     }
     Ok(())
 }
+
+/// What no binding (nor the owner role it acts as) may do: be or become a
+/// superuser, replicate, create roles or databases, bypass row security; and
+/// where it may connect: only its instance's database. `postgres` and
+/// `template1` are open to PUBLIC by default, so a binding could otherwise log
+/// into `postgres` and create objects outside `app`. Patroni's rewind role
+/// still needs `postgres` (pg_rewind's source connection); the superuser and
+/// replication connections are not subject to CONNECT. Idempotent.
+fn lock_down_sql() -> String {
+    format!(
+        "ALTER ROLE {OWNER} NOLOGIN {ROLE_LIMITS}; \
+         REVOKE ALL ON DATABASE postgres FROM PUBLIC; \
+         REVOKE ALL ON DATABASE template1 FROM PUBLIC; \
+         REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC; \
+         GRANT CONNECT, TEMPORARY ON DATABASE {DATABASE} TO {OWNER}; \
+         DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{REWIND_ROLE}') THEN \
+         GRANT CONNECT ON DATABASE postgres TO {REWIND_ROLE}; END IF; END $$"
+    )
+}
+
+/// Role attributes a binding and its owner role never have (the defaults,
+/// stated so that a role created otherwise is corrected).
+const ROLE_LIMITS: &str = "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS";
+/// Patroni's rewind user (`patroni::config`'s authentication section).
+const REWIND_ROLE: &str = "rewinder";
 
 /// A login role for a binding, member of the owner role, acting as the owner so
 /// that whatever it creates belongs to the owner (and so to every binding).
@@ -65,7 +91,8 @@ pub async fn create_binding_role(
     let u = ident(user);
     let sql = format!(
         "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN \
-         CREATE ROLE {u} LOGIN PASSWORD '{user_password}' IN ROLE {OWNER}; END IF; END $$; \
+         CREATE ROLE {u} LOGIN PASSWORD '{user_password}' {ROLE_LIMITS} IN ROLE {OWNER}; END IF; END $$; \
+         ALTER ROLE {u} {ROLE_LIMITS}; \
          ALTER ROLE {u} SET role = '{OWNER}'"
     );
     c.batch_execute(&sql).await.context("create binding role")?;
