@@ -282,11 +282,18 @@ async fn walkthrough(d: &mut Deployment, broker: &str, password: &str, short: bo
     .await?;
     anyhow::ensure!(status == 201, "bind answered {status}");
     let c = &bind["credentials"];
-    let uri = c["uri"].as_str().context("no uri")?.to_string();
+    // TLS is on by default: the app keeps `ca_cert` in a file for libpq's sslrootcert.
+    let ca_file = d.dir.path().join("binding-ca.crt");
+    std::fs::write(&ca_file, c["ca_cert"].as_str().context("no ca_cert")?)?;
+    let uri = format!("{}&sslrootcert={}", c["uri"].as_str().context("no uri")?, ca_file.display());
     println!(
-        "    hostname {}  port {}  name {}  username {}  password <hidden>",
-        c["hostname"], c["port"], c["name"], c["username"]
+        "    hostname {}  port {}  name {}  username {}  password <hidden>  sslmode {}",
+        c["hostname"], c["port"], c["name"], c["username"], c["sslmode"]
     );
+    let tls = kit::psql(&uri, "set role none; select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(tls.ends_with('t'), "the session through the router is not on TLS: {tls}");
+    println!("    psql sslmode=verify-full sslrootcert=<ca_cert> through the router: TLS, certificate verified");
 
     say("writing through the router");
     kit::psql(&uri, "create table demo(id int primary key, at timestamptz default now())")

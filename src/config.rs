@@ -10,6 +10,8 @@ mod backup;
 mod etcd_access;
 pub use backup::{BackupConfig, S3Config};
 pub use etcd_access::EtcdAccess;
+mod tls;
+pub use tls::TlsConfig;
 
 /// The etcd endpoints every subcommand takes, comma-separated.
 pub const ETCD_ENV: &str = "PGCELL_ETCD_ENDPOINTS";
@@ -75,6 +77,8 @@ pub struct CellConfig {
     pub backup: BackupConfig,
     /// TLS and user for etcd (this cell's own user; its members' Patroni uses it too).
     pub etcd_access: EtcdAccess,
+    /// PostgreSQL's server certificates: the fleet CA, lifetimes, extra names.
+    pub tls: TlsConfig,
 }
 
 impl Default for CellConfig {
@@ -101,6 +105,7 @@ impl Default for CellConfig {
             failpoints: false,
             backup: BackupConfig::default(),
             etcd_access: EtcdAccess::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -148,6 +153,14 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_ETCD_KEY_FILE", "etcd_access.key_file"),
     ("PGCELL_ETCD_USERNAME", "etcd_access.username"),
     ("PGCELL_ETCD_PASSWORD", "etcd_access.password"),
+    ("PGCELL_TLS_CA_CERT_FILE", "tls.ca_cert_file"),
+    ("PGCELL_TLS_CA_KEY_FILE", "tls.ca_key_file"),
+    ("PGCELL_TLS_CERT_DAYS", "tls.cert_days"),
+    ("PGCELL_TLS_RENEW_BEFORE_DAYS", "tls.renew_before_days"),
+    ("PGCELL_TLS_CERT_SECS", "tls.cert_secs"),
+    ("PGCELL_TLS_RENEW_BEFORE_SECS", "tls.renew_before_secs"),
+    ("PGCELL_TLS_CHECK_EVERY_SECS", "tls.check_every_secs"),
+    ("PGCELL_TLS_EXTRA_NAMES", "tls.extra_names"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -171,7 +184,8 @@ impl CellConfig {
             bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
         }
         self.etcd_access.validate()?;
-        self.backup.validate()
+        self.backup.validate()?;
+        self.tls.validate()
     }
 
     /// The port range as `(first, last)`, inclusive.
@@ -289,6 +303,9 @@ pub struct BrokerConfig {
     pub placement_wait_secs: u64,
     pub etcd_endpoints: Vec<String>,
     pub etcd_access: EtcdAccess,
+    /// The fleet CA the broker verifies instances with and hands out in
+    /// credentials (only `ca_cert_file`/`ca_key_file` matter here).
+    pub tls: TlsConfig,
 }
 
 impl Default for BrokerConfig {
@@ -305,6 +322,7 @@ impl Default for BrokerConfig {
             placement_wait_secs: 15,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             etcd_access: EtcdAccess::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -324,6 +342,8 @@ const BROKER_ENV: &[(&str, &str)] = &[
     ("PGCELL_ETCD_KEY_FILE", "etcd_access.key_file"),
     ("PGCELL_ETCD_USERNAME", "etcd_access.username"),
     ("PGCELL_ETCD_PASSWORD", "etcd_access.password"),
+    ("PGCELL_TLS_CA_CERT_FILE", "tls.ca_cert_file"),
+    ("PGCELL_TLS_CA_KEY_FILE", "tls.ca_key_file"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -338,6 +358,7 @@ impl BrokerConfig {
             bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
         }
         cfg.etcd_access.validate()?;
+        cfg.tls.validate()?;
         Ok(cfg)
     }
 }

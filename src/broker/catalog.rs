@@ -98,6 +98,17 @@ pub struct Parameters {
     /// default the cells' `backup.archive_timeout_secs`): the RPO bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_timeout: Option<u32>,
+    /// Provision only: remote logins over TLS only (`hostssl`); fixed for the
+    /// instance's life. `None`: not asked (TLS offered, not required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_tls: Option<bool>,
+}
+
+impl Parameters {
+    /// Whether the instance refuses plaintext logins.
+    pub fn tls_required(&self) -> bool {
+        self.require_tls.unwrap_or(false)
+    }
 }
 
 /// Backup types an update may ask for (`"now"` is a full one).
@@ -132,6 +143,10 @@ fn schema() -> Value {
                 "minimum": 10,
                 "maximum": 60,
                 "description": "Provision only: seconds after which a WAL segment is archived even if not full (the RPO bound); default 60",
+            },
+            "require_tls": {
+                "type": "boolean",
+                "description": "Provision only: refuse logins without TLS (hostssl only); cannot be changed later. Default false (TLS is offered either way)",
             },
             "backup": {
                 "type": "string",
@@ -171,11 +186,17 @@ pub fn parse_update(v: &Value) -> Result<(Option<Parameters>, Option<&'static st
 pub fn parse_parameters(v: Option<&Value>) -> Result<Parameters, String> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(Parameters::default()) };
     let obj = v.as_object().ok_or("parameters must be a JSON object")?;
-    if let Some(k) = obj.keys().find(|k| !["extensions", "restore", "archive_timeout"].contains(&k.as_str())) {
+    if let Some(k) =
+        obj.keys().find(|k| !["extensions", "restore", "archive_timeout", "require_tls"].contains(&k.as_str()))
+    {
         return Err(format!(
-            "unknown parameter {k:?}; known: extensions, restore and archive_timeout (provision), backup (update)"
+            "unknown parameter {k:?}; known: extensions, restore, archive_timeout and require_tls (provision), backup (update)"
         ));
     }
+    let require_tls = match obj.get("require_tls") {
+        None => None,
+        Some(v) => Some(v.as_bool().ok_or("require_tls must be true or false")?),
+    };
     let archive_timeout = match obj.get("archive_timeout") {
         None => None,
         Some(v) => Some(
@@ -200,7 +221,7 @@ pub fn parse_parameters(v: Option<&Value>) -> Result<Parameters, String> {
             extensions.push(name.to_string());
         }
     }
-    Ok(Parameters { extensions, restore, archive_timeout })
+    Ok(Parameters { extensions, restore, archive_timeout, require_tls })
 }
 
 pub fn catalog() -> Value {
@@ -284,6 +305,22 @@ mod tests {
             parse_parameters(Some(&json!({"restore": {"from": "a", "target_lsn": "0/1"}}))).unwrap().restore.unwrap();
         assert_eq!((r.from.as_str(), r.target_lsn.as_deref()), ("a", Some("0/1")));
         assert_eq!(parse_parameters(Some(&json!({"archive_timeout": 10}))).unwrap().archive_timeout, Some(10));
+    }
+
+    #[test]
+    fn require_tls_is_a_boolean_kept_as_asked() {
+        let p = parse_parameters(Some(&json!({"require_tls": true}))).unwrap();
+        assert_eq!((p.require_tls, p.tls_required()), (Some(true), true));
+        assert_eq!(parse_parameters(Some(&json!({}))).unwrap().require_tls, None);
+        assert!(!parse_parameters(None).unwrap().tls_required());
+        for bad in [json!({"require_tls": "true"}), json!({"require_tls": 1}), json!({"require_tls": null})] {
+            let err = parse_parameters(Some(&bad)).unwrap_err();
+            assert!(err.contains("require_tls must be true or false"), "{bad}: {err}");
+        }
+        let schema = &catalog()["services"][0]["plans"][0]["schemas"]["service_instance"]["create"]["parameters"];
+        assert_eq!(schema["properties"]["require_tls"]["type"], "boolean");
+        let (p, _) = parse_update(&json!({"require_tls": false})).unwrap();
+        assert_eq!(p.unwrap().require_tls, Some(false), "an update's value is kept for the caller to compare");
     }
 
     #[test]

@@ -1,22 +1,53 @@
 //! The SQL the broker runs on an instance's primary (through the router):
 //! the owner role and database, extensions, and one role per binding.
+//! Always over TLS, verifying the instance's certificate against the fleet CA
+//! and the router's address (libpq's `verify-full`).
 
+use std::sync::RwLock;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The database every binding uses.
 pub const DATABASE: &str = "app";
 /// The role that owns the database and every object bindings create.
 pub const OWNER: &str = "app_owner";
 
+/// The fleet CA (PEM) and the TLS connector trusting only it; set once the
+/// broker has read the CA (`trust_fleet_ca`), for the life of the process.
+static FLEET_CA: RwLock<Option<(String, MakeRustlsConnect)>> = RwLock::new(None);
+
+/// Makes the broker's connections trust `ca_pem` (and nothing else).
+pub fn trust_fleet_ca(ca_pem: &str) -> anyhow::Result<()> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    crate::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.context("the fleet CA is not PEM")?).context("the fleet CA certificate is unusable")?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "the fleet CA holds no certificate");
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    *FLEET_CA.write().unwrap_or_else(|e| e.into_inner()) = Some((ca_pem.to_string(), MakeRustlsConnect::new(config)));
+    Ok(())
+}
+
+/// The fleet CA's certificate (PEM) the broker trusts: what bindings hand out.
+pub fn fleet_ca_pem() -> Option<String> {
+    FLEET_CA.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(pem, _)| pem.clone())
+}
+
 pub async fn connect(host: &str, port: u16, password: &str, dbname: &str) -> anyhow::Result<Client> {
+    let tls = FLEET_CA.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, tls)| tls.clone());
+    let tls = tls.context("the broker has not loaded the fleet CA: no TLS connection to instances")?;
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(host).port(port).user("postgres").password(password).dbname(dbname);
     cfg.connect_timeout(Duration::from_secs(5)).application_name("pgcell-broker");
-    let (client, conn) =
-        cfg.connect(NoTls).await.with_context(|| format!("cannot connect to {host}:{port}/{dbname}"))?;
+    // verify-full: TLS or nothing, the certificate from the fleet CA and naming `host`.
+    cfg.ssl_mode(SslMode::Require);
+    let (client, conn) = cfg.connect(tls).await.with_context(|| format!("cannot connect to {host}:{port}/{dbname}"))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "broker SQL connection ended");

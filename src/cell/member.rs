@@ -54,6 +54,7 @@ impl CellDeps {
         let backup = Some(&backup_cfg).filter(|b| b.enabled);
         let restore: Option<RestoreSpec> =
             store::get_json(&mut self.etcd.clone(), &crate::etcd::keys::restore(&p.instance_id)).await?.map(|(r, _)| r);
+        let require_tls = spec.as_ref().and_then(|s| s["parameters"]["require_tls"].as_bool()).unwrap_or(false);
         let rendered = MemberConfig {
             placement: p,
             secrets: &secrets,
@@ -72,7 +73,10 @@ impl CellDeps {
         let owner = self.member_owner().await?;
         let dir = self.member_dir(&p.member);
         super::files::prepare_member_dir(&dir, owner)?;
-        let rendered = super::etcd_files::with_etcd_access(&self.cfg.etcd_access, &dir, rendered)?;
+        let mut rendered = super::etcd_files::with_etcd_access(&self.cfg.etcd_access, &dir, rendered)?;
+        crate::patroni::ssl::add_tls(&mut rendered, require_tls);
+        // After `pgdata` exists: the key takes its owner.
+        super::certs::ensure_member_certs(self, &p.member).await?;
         let yml = serde_json::to_string_pretty(&rendered)?;
         super::files::write_member_file(&dir.join("patroni.yml"), yml.as_bytes(), owner)?;
         if let Some(b) = backup {

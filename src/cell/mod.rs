@@ -1,5 +1,6 @@
 //! Plain logic of a cell: what to do to make Docker match the placements.
 
+pub mod certs;
 pub mod drain;
 pub mod etcd_files;
 pub mod files;

@@ -18,6 +18,9 @@ pub async fn run(cfg: BrokerConfig) -> anyhow::Result<()> {
 
 pub async fn serve(cfg: BrokerConfig, listener: std::net::TcpListener) -> anyhow::Result<()> {
     let etcd = crate::etcd::connect(&cfg.etcd_endpoints, &cfg.etcd_access).await?;
+    // The fleet CA: instances are reached over TLS verified against it, and bindings hand it out.
+    let ca = crate::etcd::ca::fleet_ca(&mut etcd.clone(), &cfg.tls).await.context("the fleet CA")?;
+    crate::broker::sql::trust_fleet_ca(&ca.cert_pem)?;
     let creds = web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.clone() });
     tracing::info!(broker = %cfg.name, listen = %listener.local_addr()?, "broker running");
     let broker = Broker::new(etcd, cfg);

@@ -56,6 +56,8 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
             None => std::future::pending().await,
         }
     };
+    // Members' server certificates: renewed before expiry or when the names change.
+    actix::spawn(crate::cell::certs::run(deps.clone()));
     actix::spawn(registration::run(etcd, crate::etcd::keys::cell(&record.name), serde_json::to_vec(&record)?));
     tracing::info!(cell = %deps.cfg.name, api = %addr, "cell agent running");
 

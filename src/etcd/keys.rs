@@ -15,6 +15,7 @@
 //! | `/pgcell/instances/<id>/backup_request` | a backup asked for now | broker, `pgcell backup` |
 //! | `/pgcell/backups/<id>` | the instance's backup state; outlives the instance | the cell of its leader |
 //! | `/pgcell/routers/<name>` | [`RouterRecord`](super::store::RouterRecord) JSON, on the router's lease | router |
+//! | `/pgcell/tls/ca` | the generated fleet CA: certificate and **private key** (`tls::certs::CaPair` JSON); secret, never for routers | first cell or broker, put-if-absent (only without `tls.ca_cert_file`) |
 
 pub const ROOT: &str = "/pgcell/";
 pub const PATRONI_NAMESPACE: &str = "/service/";
@@ -168,6 +169,11 @@ pub fn patroni_scope(scope: &str) -> String {
 
 pub fn patroni_member(scope: &str, member: &str) -> String {
     format!("{PATRONI_NAMESPACE}{scope}/members/{member}")
+}
+
+/// The fleet CA pgcell generated (certificate and key): as secret as `secrets`.
+pub fn tls_ca() -> String {
+    format!("{ROOT}tls/ca")
 }
 
 /// The instance id of a placement key (`/pgcell/placements/<cell>/<id>`).

@@ -1,6 +1,7 @@
 //! etcd, the only shared state: connecting, pgcell's key layout and typed
 //! operations on it, and prefix watches that survive etcd restarts.
 
+pub mod ca;
 pub mod fleet;
 pub mod keys;
 pub mod lock;

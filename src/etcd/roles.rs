@@ -90,6 +90,7 @@ pub fn cell(cell: &str) -> Vec<Grant> {
         rw(Prefix(keys::backups()), "backup state of the instances it leads, expiry"),
         read(Prefix(keys::cells()), "the fleet (drain, placement checks)"),
         read(Prefix(keys::placements()), "the other members of its instances (drain, last-member check)"),
+        rw(Key(keys::tls_ca()), "the generated fleet CA: signs its members' certificates (none with tls.ca_cert_file)"),
     ]
 }
 
@@ -110,6 +111,7 @@ pub fn broker() -> Vec<Grant> {
         rw(Prefix(keys::PATRONI_NAMESPACE.into()), "reads leaders; deletes a deprovisioned cluster's keys"),
         read(Prefix(keys::cells()), "the fleet"),
         read(Prefix(keys::routers()), "router hosts for credentials"),
+        rw(Key(keys::tls_ca()), "the generated fleet CA: verifies instances, handed out in bindings"),
     ]
 }
 
@@ -214,7 +216,8 @@ mod tests {
         }
         assert!(can_write(&a, "/service/cf-5f0c/leader"), "its members' Patroni writes the leader key");
         assert!(can_read(&a, &keys::secrets(ID)), "a cell renders its members' passwords");
-        assert!(!can_write(&a, &keys::router("r")) && !can_read(&a, "/pgcell/tls/ca"));
+        assert!(!can_write(&a, &keys::router("r")));
+        assert!(can_read(&a, &keys::tls_ca()), "without tls.ca_cert_file, a cell signs with the CA kept in etcd");
     }
 
     #[test]
@@ -225,7 +228,7 @@ mod tests {
         }
         assert!(can_read(&b, &keys::cell("a")) && !can_write(&b, &keys::cell("a")));
         assert!(can_read(&b, &keys::router("r")) && !can_write(&b, &keys::router("r")));
-        assert!(!can_read(&b, "/pgcell/tls/ca"));
+        assert!(can_read(&b, &keys::tls_ca()), "the broker verifies instances with the fleet CA");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod etcd3;
+pub mod ssl;
 pub mod view;
 
 pub use view::{ClusterView, Health, MemberStatus};

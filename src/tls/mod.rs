@@ -1,6 +1,10 @@
 //! TLS: the one place that picks rustls' cryptography (ring, no C toolchain
 //! beyond `cc`), so every TLS user in the crate (PostgreSQL clients, etcd,
-//! HTTPS servers) agrees on it.
+//! HTTPS servers) agrees on it; and the fleet's certificates ([`certs`]) with
+//! the decisions of when to renew them ([`renew`]).
+
+pub mod certs;
+pub mod renew;
 
 /// Installs ring as rustls' process-wide provider; idempotent. Call before
 /// building any rustls configuration (daemons do it at start, tests may call it

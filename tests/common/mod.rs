@@ -13,6 +13,7 @@ pub mod inproc;
 pub mod kit;
 mod link;
 mod pg;
+pub mod tls;
 
 pub use cell::*;
 pub use deployment::*;

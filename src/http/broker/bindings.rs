@@ -16,14 +16,19 @@ use crate::http::osb::OsbError;
 async fn credentials(b: &Broker, id: &str, binding: &Binding) -> Result<Value, OsbError> {
     let (host, port) = b.endpoint(id).await.map_err(internal)?;
     let (u, p, db) = (&binding.username, &binding.password, sql::DATABASE);
+    let ca = sql::fleet_ca_pem().ok_or_else(|| internal(anyhow::anyhow!("the broker has not loaded the fleet CA")))?;
+    // verify-full: the instance's certificate names the router's host, and
+    // the app checks it against `ca_cert` (docs/app-developer-guide.md).
     Ok(json!({
-        "uri": format!("postgres://{u}:{p}@{host}:{port}/{db}"),
-        "jdbcUrl": format!("jdbc:postgresql://{host}:{port}/{db}?user={u}&password={p}"),
+        "uri": format!("postgres://{u}:{p}@{host}:{port}/{db}?sslmode=verify-full"),
+        "jdbcUrl": format!("jdbc:postgresql://{host}:{port}/{db}?user={u}&password={p}&ssl=true&sslmode=verify-full"),
         "hostname": host,
         "port": port,
         "name": db,
         "username": u,
         "password": p,
+        "sslmode": "verify-full",
+        "ca_cert": ca,
     }))
 }
 

@@ -140,13 +140,22 @@ async fn update(
             "archive_timeout is set when provisioning; it cannot be changed by an update",
         ));
     }
-    // An update keeps what the instance was restored from (it names its origin)
-    // and its archive timeout.
+    if parameters
+        .as_ref()
+        .is_some_and(|p| p.require_tls.is_some() && p.tls_required() != spec.parameters.tls_required())
+    {
+        return Err(OsbError::bad_request(
+            "require_tls is fixed at provisioning; it cannot be changed by an update (provision a new instance)",
+        ));
+    }
+    // An update keeps what the instance was restored from (it names its origin),
+    // its archive timeout and whether it requires TLS.
     let parameters = parameters.map_or_else(
         || spec.parameters.clone(),
         |p| catalog::Parameters {
             restore: spec.parameters.restore.clone(),
             archive_timeout: spec.parameters.archive_timeout,
+            require_tls: spec.parameters.require_tls,
             ..p
         },
     );
