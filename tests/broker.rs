@@ -206,6 +206,8 @@ async fn ha_lifecycle_bind_share_unbind_update_deprovision() {
         .into_iter()
         .filter(|(k, _)| !k.starts_with("/pgcell/cells/") && !k.starts_with("/pgcell/routers/"))
         .filter(|(k, _)| k != "/pgcell/healer")
+        // The fleet CA (generated: no tls.ca_cert_file) belongs to the fleet, not to an instance.
+        .filter(|(k, _)| k != "/pgcell/tls/ca")
         // The backup state outlives the instance: it stays restorable for the retention period.
         .filter(|(k, _)| k != "/pgcell/backups/i1")
         .collect();

@@ -105,7 +105,7 @@ async fn seed_walkthrough_leader_replica_tools_and_delete() {
         .dump("/pgcell/")
         .await
         .into_iter()
-        .filter(|(k, _)| !k.starts_with("/pgcell/cells/"))
+        .filter(|(k, _)| !k.starts_with("/pgcell/cells/") && k != "/pgcell/tls/ca")
         .partition(|(k, _)| k == "/pgcell/backups/1");
     assert!(left.is_empty(), "keys left: {left:?}");
     // The backup state outlives the instance (restorable for the retention period), marked deleted.
@@ -136,8 +136,13 @@ async fn a_purge_intent_outlives_the_agent() {
     assert_eq!(d.containers().len(), 1, "the member still runs while its agent is down");
     d.cells[0].start_agent();
     wait_for("the member purged by the restarted agent", Duration::from_secs(60), || async {
-        let keys: Vec<_> =
-            d.etcd.dump("/pgcell/").await.into_iter().filter(|(k, _)| !k.starts_with("/pgcell/cells/")).collect();
+        let keys: Vec<_> = d
+            .etcd
+            .dump("/pgcell/")
+            .await
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("/pgcell/cells/") && k != "/pgcell/tls/ca")
+            .collect();
         (keys.is_empty() && d.containers().is_empty() && d.etcd.dump("/service/").await.is_empty()).then_some(())
     })
     .await;

@@ -111,7 +111,13 @@ async fn auth_then_version_before_any_lookup_on_every_route() {
     let huge = format!(r#"{{"service_id":"{SERVICE_ID}","x":"{}"}}"#, "a".repeat(100_000));
     let r = osb("PUT", &format!("{i}?accepts_incomplete=true"), Some(&huge)).await;
     assert_eq!(r.status, 413, "{}", r.text);
-    let written: Vec<_> = etcd.dump("/pgcell/").await.into_iter().filter(|(k, _)| k != "/pgcell/healer").collect();
+    // The fleet CA is the broker's own start-up write, not a request's.
+    let written: Vec<_> = etcd
+        .dump("/pgcell/")
+        .await
+        .into_iter()
+        .filter(|(k, _)| k != "/pgcell/healer" && k != "/pgcell/tls/ca")
+        .collect();
     assert!(written.is_empty(), "rejected requests wrote to etcd: {written:?}");
     // The request identity is echoed; requests are counted by endpoint and status.
     let r = reqwest::Client::new()
@@ -148,8 +154,12 @@ async fn bad_requests_get_400_and_change_nothing() {
     let r = osb("PUT", &inst("p1"), Some(&provision_body("single", json!({})).to_string())).await;
     assert_eq!(r.status, 202, "{}", r.text);
     ready_instance(&etcd, "q1", 41011).await;
+    // Placed, then its router port and secrets (the driver's next step, 0.5 s
+    // later): from then on it only reports "waiting for a leader".
     wait_for("p1 placed by the background driver", Duration::from_secs(10), || async {
-        (!etcd.dump("/pgcell/placements/").await.is_empty()).then_some(())
+        (!etcd.dump("/pgcell/placements/").await.is_empty()
+            && !etcd.dump("/pgcell/instances/p1/secrets").await.is_empty())
+        .then_some(())
     })
     .await;
     let before = stable_dump(&etcd).await;
