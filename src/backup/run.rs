@@ -280,6 +280,7 @@ fn check_script(id: &str, label: &str) -> String {
     format!(
         r#"set -e
 # On failure, say why: pgBackRest's and PostgreSQL's logs end up in the result.
+# ssl=off: the restored configuration names the member's certificate files, absent here (socket only).
 trap 'rc=$?; if [ $rc != 0 ]; then tail -n 12 /var/lib/pgcell/pgbackrest-log/*.log /tmp/pg.log 2>/dev/null; fi; exit $rc' EXIT
 d={pgdata}
 mkdir -p "$d" /var/lib/pgcell/spool /var/lib/pgcell/pgbackrest-log
@@ -287,7 +288,7 @@ cp /etc/pgcell-check/pgbackrest.conf /var/lib/pgcell/pgbackrest.conf
 chmod 0700 "$d"
 pgbackrest --stanza={id} --set={label} --type=immediate --target-action=promote restore
 pg_ctl -D "$d" -l /tmp/pg.log -w -t 600 \
-  -o "-c listen_addresses='' -c port=5432 -c unix_socket_directories=/tmp -c archive_mode=off" start \
+  -o "-c listen_addresses='' -c port=5432 -c unix_socket_directories=/tmp -c archive_mode=off -c ssl=off" start \
   || {{ tail -n 20 /tmp/pg.log; exit 1; }}
 psql -X -At -h /tmp -p 5432 -d postgres -c "select count(*) from pg_database"
 pg_ctl -D "$d" -m fast stop
