@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, CellConfig};
+use crate::ops::say;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -155,8 +156,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 (crate::etcd::roles::ROUTER_USER.to_string(), crate::etcd::roles::router()),
                 (crate::etcd::roles::cell_user(&cell), crate::etcd::roles::cell(&cell)),
             ] {
-                println!("{user}:");
-                crate::etcd::roles::table(&grants).iter().for_each(|l| println!("  {l}"));
+                say(format_args!("{user}:"));
+                crate::etcd::roles::table(&grants).iter().for_each(|l| say(format_args!("  {l}")));
             }
             Ok(())
         }
@@ -198,7 +199,7 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
         Command::Backup { instance, r#type, no_wait } => {
             let id = crate::ops::backups::request_backup(&mut client, &instance, &r#type).await?;
             if no_wait {
-                println!("backup of {instance} requested ({id})");
+                say(format_args!("backup of {instance} requested ({id})"));
                 return Ok(());
             }
             // The leader's cell answers within its refresh interval, then backs up.
@@ -208,7 +209,7 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
                 if let Some(s) = states.iter().find(|s| s.done_request.as_deref() == Some(id.as_str())) {
                     let run = s.last_run.clone().unwrap_or_default();
                     anyhow::ensure!(run.ok, "backup of {instance} failed: {}", run.error.unwrap_or_default());
-                    println!("backup of {instance} done: {} in {:.1} s", run.kind, run.secs);
+                    say(format_args!("backup of {instance} done: {} in {:.1} s", run.kind, run.secs));
                     return Ok(());
                 }
                 anyhow::ensure!(std::time::Instant::now() < deadline, "no answer to the backup request within an hour");
@@ -225,7 +226,7 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
                 })
                 .count();
             for (scope, outcome) in &outcomes {
-                println!("{scope}: {outcome}");
+                say(format_args!("{scope}: {outcome}"));
             }
             anyhow::ensure!(left == 0, "{left} cluster(s) still lead on {cell}: see above");
             return Ok(());
@@ -235,7 +236,7 @@ async fn run_tool(tool: Command, endpoints: &[String]) -> anyhow::Result<()> {
         }
     };
     for line in lines {
-        println!("{line}");
+        say(line);
     }
     Ok(())
 }

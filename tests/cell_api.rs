@@ -79,3 +79,24 @@ async fn bad_input_gets_4xx_with_osb_body_and_changes_nothing() {
     // Health needs no auth; it is the only endpoint that does not.
     assert_eq!(call("GET", &url("/healthz"), None, None).await.status, 200);
 }
+
+/// An operator tool whose reader goes away (`pgcell cells | head -n 1`) ends
+/// quietly with success, as Unix tools do, instead of panicking.
+#[tokio::test]
+async fn a_tool_whose_reader_went_away_ends_quietly() {
+    let etcd = Etcd::start();
+    let rec = json!({"name": "a", "deployment": "t", "advertise_host": "127.0.0.1", "api_url": "",
+        "port_range": "31000-31019", "capacity": 4, "zone": ""});
+    etcd.client().await.put("/pgcell/cells/a", rec.to_string(), None).await.unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(pgcell_bin())
+        .arg("cells")
+        .env("PGCELL_ETCD_ENDPOINTS", etcd.endpoints())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -63,11 +63,11 @@ pub async fn apply(
     }
     for (name, password, grants) in users {
         roles::apply(&mut client, name, password, grants).await?;
-        println!("{name}: {} grants", grants.len());
+        super::say(format_args!("{name}: {} grants", grants.len()));
     }
     if !auth_was_on {
         client.auth_enable().await.context("etcd auth enable")?;
-        println!("authentication enabled");
+        super::say(format_args!("authentication enabled"));
     }
     Ok(())
 }

@@ -5,10 +5,24 @@ pub mod etcd_roles;
 pub mod retire;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 
 use crate::etcd::{Client, keys, store};
 use crate::patroni::ClusterView;
 use crate::patroni::view::{Health, views_from_kvs};
+
+/// Prints a line of a tool's output. A reader that stopped reading
+/// (`pgcell backups | head -n 1`) ends the tool quietly, as for any Unix tool,
+/// instead of a panic in `println!`.
+pub fn say(line: impl std::fmt::Display) {
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("pgcell: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Every cluster pgcell knows (an instance with placements or secrets) or
 /// Patroni knows (keys under `/service/`), by scope.

@@ -34,7 +34,7 @@ pub async fn retire(client: &mut Client, cell: &str, timeout: Duration) -> anyho
         refused.join("\n  ")
     );
     client.put(keys::retiring(cell), "", None).await.context("etcd put (retiring)")?;
-    println!("{cell}: retiring; {} member(s) to move: {}", members.len(), members.join(" "));
+    super::say(format_args!("{cell}: retiring; {} member(s) to move: {}", members.len(), members.join(" ")));
     let start = Instant::now();
     let mut last = BTreeSet::new();
     loop {
@@ -50,16 +50,18 @@ pub async fn retire(client: &mut Client, cell: &str, timeout: Duration) -> anyho
                 .filter(|r| r.old_cell == cell)
                 .map(|r| format!("{} -> {} on {}", r.old_member, r.new_member, r.new_cell))
                 .collect();
-            println!(
+            super::say(format_args!(
                 "[{:>5.1}s] {cell}: {} member(s) left{}",
                 start.elapsed().as_secs_f64(),
                 left.len(),
                 if moving.is_empty() { String::new() } else { format!("; moving: {}", moving.join(", ")) }
-            );
+            ));
             last = left.clone();
         }
         if left.is_empty() {
-            println!("{cell}: empty; every cluster it held is fully redundant elsewhere. It can be stopped for good.");
+            super::say(format_args!(
+                "{cell}: empty; every cluster it held is fully redundant elsewhere. It can be stopped for good."
+            ));
             return Ok(());
         }
         anyhow::ensure!(
