@@ -12,6 +12,8 @@ pub use backup::{BackupConfig, S3Config};
 pub use etcd_access::EtcdAccess;
 mod tls;
 pub use tls::TlsConfig;
+mod https;
+pub use https::Https;
 
 /// The etcd endpoints every subcommand takes, comma-separated.
 pub const ETCD_ENV: &str = "PGCELL_ETCD_ENDPOINTS";
@@ -79,6 +81,8 @@ pub struct CellConfig {
     pub etcd_access: EtcdAccess,
     /// PostgreSQL's server certificates: the fleet CA, lifetimes, extra names.
     pub tls: TlsConfig,
+    /// A certificate for `api_listen`: HTTPS instead of HTTP.
+    pub https: Https,
 }
 
 impl Default for CellConfig {
@@ -106,6 +110,7 @@ impl Default for CellConfig {
             backup: BackupConfig::default(),
             etcd_access: EtcdAccess::default(),
             tls: TlsConfig::default(),
+            https: Https::default(),
         }
     }
 }
@@ -161,8 +166,13 @@ const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_TLS_RENEW_BEFORE_SECS", "tls.renew_before_secs"),
     ("PGCELL_TLS_CHECK_EVERY_SECS", "tls.check_every_secs"),
     ("PGCELL_TLS_EXTRA_NAMES", "tls.extra_names"),
+    (HTTPS_CERT_ENV, "https.cert_file"),
+    (HTTPS_KEY_ENV, "https.key_file"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
+
+const HTTPS_CERT_ENV: &str = "PGCELL_HTTPS_CERT_FILE";
+const HTTPS_KEY_ENV: &str = "PGCELL_HTTPS_KEY_FILE";
 
 impl CellConfig {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
@@ -184,6 +194,7 @@ impl CellConfig {
             bail!("no etcd endpoints: set etcd_endpoints, {ETCD_ENV} or --etcd");
         }
         self.etcd_access.validate()?;
+        self.https.validate()?;
         self.backup.validate()?;
         self.tls.validate()
     }
@@ -306,6 +317,8 @@ pub struct BrokerConfig {
     /// The fleet CA the broker verifies instances with and hands out in
     /// credentials (only `ca_cert_file`/`ca_key_file` matter here).
     pub tls: TlsConfig,
+    /// A certificate for `listen`: HTTPS instead of HTTP.
+    pub https: Https,
 }
 
 impl Default for BrokerConfig {
@@ -323,6 +336,7 @@ impl Default for BrokerConfig {
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             etcd_access: EtcdAccess::default(),
             tls: TlsConfig::default(),
+            https: Https::default(),
         }
     }
 }
@@ -344,6 +358,8 @@ const BROKER_ENV: &[(&str, &str)] = &[
     ("PGCELL_ETCD_PASSWORD", "etcd_access.password"),
     ("PGCELL_TLS_CA_CERT_FILE", "tls.ca_cert_file"),
     ("PGCELL_TLS_CA_KEY_FILE", "tls.ca_key_file"),
+    (HTTPS_CERT_ENV, "https.cert_file"),
+    (HTTPS_KEY_ENV, "https.key_file"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
@@ -359,6 +375,7 @@ impl BrokerConfig {
         }
         cfg.etcd_access.validate()?;
         cfg.tls.validate()?;
+        cfg.https.validate()?;
         Ok(cfg)
     }
 }
@@ -501,6 +518,15 @@ mod tests {
             .collect();
         let b: BrokerConfig = load_layered(None, BROKER_ENV, &|k| env.get(k).cloned()).unwrap();
         assert_eq!((b.password.as_str(), b.name.as_str()), ("42", "7"));
+        assert!(!b.https.enabled(), "plain HTTP by default");
+        let tls = [("PGCELL_HTTPS_CERT_FILE", "/c.pem"), ("PGCELL_HTTPS_KEY_FILE", "/k.pem")];
+        let env: HashMap<String, String> = tls.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let b: BrokerConfig = load_layered(None, BROKER_ENV, &|k| env.get(k).cloned()).unwrap();
+        assert_eq!((b.https.cert_file.to_str(), b.https.key_file.to_str()), (Some("/c.pem"), Some("/k.pem")));
+        let cfg = load("", &tls).unwrap();
+        assert_eq!(cfg.https, b.https);
+        let err = format!("{:#}", load("", &tls[..1]).unwrap_err());
+        assert!(err.contains("https.key_file"), "{err}");
     }
 
     #[test]

@@ -154,4 +154,17 @@ fn bosh_templates_render_into_valid_configs() {
     assert!(post_start.contains("etcd-roles apply --cell cell-1"), "{post_start}");
     assert!(post_start.contains(r"PGCELL_ETCD_CELL_PASSWORD_CELL_1=cell\ \'one\'\ pw"), "{post_start}");
     assert!(read(out, "own-etcd/etcd/bin/post-start").contains("exit 0"), "no root password: no role setup");
+    // HTTPS: with a certificate in the manifest the broker and the per-cell API
+    // get it as files and serve HTTPS; without one they stay plain HTTP.
+    let c = cell(out, "own-etcd");
+    assert_eq!(c.https.cert_file, Path::new("/var/vcap/jobs/pgcell-cell/config/https.crt"));
+    assert_eq!(c.https.key_file, Path::new("/var/vcap/jobs/pgcell-cell/config/https.key"));
+    assert!(read(out, "own-etcd/pgcell-cell/config/https.crt").contains("-----BEGIN CERTIFICATE-----\ncell\n"));
+    assert!(read(out, "own-etcd/pgcell-cell/config/https.key").contains("cell-key"));
+    let b: pgcell::config::BrokerConfig =
+        toml::from_str(&read(out, "own-etcd/pgcell-broker/config/broker.toml")).unwrap();
+    assert_eq!(b.https.cert_file, Path::new("/var/vcap/jobs/pgcell-broker/config/https.crt"));
+    assert!(read(out, "own-etcd/pgcell-broker/config/https.key").contains("broker-key"));
+    assert!(!cell(out, "existing-etcd").https.enabled(), "no certificate: HTTP");
+    assert!(broker(out, "existing-etcd").get("https").is_none(), "no certificate: HTTP");
 }

@@ -17,17 +17,19 @@ pub async fn run(cfg: BrokerConfig) -> anyhow::Result<()> {
 }
 
 pub async fn serve(cfg: BrokerConfig, listener: std::net::TcpListener) -> anyhow::Result<()> {
+    // Bad certificate files stop the start, before anything else runs.
+    let tls = http::tls::server_config(&cfg.https)?;
     let etcd = crate::etcd::connect(&cfg.etcd_endpoints, &cfg.etcd_access).await?;
     // The fleet CA: instances are reached over TLS verified against it, and bindings hand it out.
     let ca = crate::etcd::ca::fleet_ca(&mut etcd.clone(), &cfg.tls).await.context("the fleet CA")?;
     crate::broker::sql::trust_fleet_ca(&ca.cert_pem)?;
     let creds = web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.clone() });
-    tracing::info!(broker = %cfg.name, listen = %listener.local_addr()?, "broker running");
+    tracing::info!(broker = %cfg.name, listen = %listener.local_addr()?, https = tls.is_some(), "broker running");
     let broker = Broker::new(etcd, cfg);
     actix_web::rt::spawn(crate::broker::driver::run(broker.clone()));
     actix_web::rt::spawn(crate::broker::healer::run(broker.clone()));
     let broker = web::Data::new(broker);
-    HttpServer::new(move || {
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(broker.clone())
             .app_data(creds.clone())
@@ -66,11 +68,12 @@ pub async fn serve(cfg: BrokerConfig, listener: std::net::TcpListener) -> anyhow
             .configure(http::broker::routes)
             .default_service(web::to(http::not_found))
     })
-    .workers(2)
-    .listen(listener)?
-    .run()
-    .await
-    .context("broker HTTP server")
+    .workers(2);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    };
+    server.run().await.context("broker HTTP server")
 }
 
 /// The broker has no long-lived actors: it reports itself, so every daemon answers alike.

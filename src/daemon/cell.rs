@@ -20,6 +20,8 @@ pub async fn run(cfg: CellConfig) -> anyhow::Result<()> {
 
 /// Runs the agent with an already-bound API listener (tests bind port 0).
 pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::Result<()> {
+    // Bad certificate files stop the start, before anything else runs.
+    let tls = http::tls::server_config(&cfg.https)?;
     let docker = crate::docker::connect().await?;
     let etcd = crate::etcd::connect(&cfg.etcd_endpoints, &cfg.etcd_access).await?;
     std::fs::create_dir_all(&cfg.data_root)
@@ -29,7 +31,7 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
         name: cfg.name.clone(),
         deployment: cfg.deployment.clone(),
         advertise_host: cfg.advertise_host.clone(),
-        api_url: format!("http://{}:{}", cfg.advertise_host, addr.port()),
+        api_url: format!("{}://{}:{}", cfg.https.scheme(), cfg.advertise_host, addr.port()),
         port_range: cfg.port_range.clone(),
         capacity: cfg.capacity,
         zone: cfg.zone.clone(),
@@ -59,7 +61,7 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
     // Members' server certificates: renewed before expiry or when the names change.
     actix::spawn(crate::cell::certs::run(deps.clone()));
     actix::spawn(registration::run(etcd, crate::etcd::keys::cell(&record.name), serde_json::to_vec(&record)?));
-    tracing::info!(cell = %deps.cfg.name, api = %addr, "cell agent running");
+    tracing::info!(cell = %deps.cfg.name, api = %addr, https = tls.is_some(), "cell agent running");
 
     let api = web::Data::new(CellApi { cell: cell.clone(), deps: deps.clone() });
     let creds = web::Data::new(creds);
@@ -72,8 +74,11 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
             .default_service(web::to(http::not_found))
     })
     .workers(2)
-    .disable_signals()
-    .listen(listener)?
+    .disable_signals();
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    }
     .run();
     let handle = server.handle();
     actix::spawn(async move {

@@ -1,10 +1,12 @@
 //! HTTP: the per-cell broker API, `/healthz` and `/debug/`. Every endpoint but
-//! `/healthz` requires basic auth, checked in constant time.
+//! `/healthz` requires basic auth, checked in constant time; HTTPS when a
+//! certificate is configured ([`tls`]).
 
 pub mod auth;
 pub mod broker;
 pub mod cell_api;
 pub mod osb;
+pub mod tls;
 
 use actix_web::{HttpResponse, get};
 

@@ -184,7 +184,8 @@ class ManifestCheck
     case node
     when Hash then node.values.flat_map { |v| variables(v) }.uniq
     when Array then node.flat_map { |v| variables(v) }.uniq
-    when String then node.scan(/\(\(([^()]+)\)\)/).flatten
+    # ((cert.private_key)) uses variable `cert`.
+    when String then node.scan(/\(\(([^()]+)\)\)/).flatten.map { |v| v.split(".").first }
     else []
     end
   end
