@@ -90,6 +90,7 @@ pub fn cell(cell: &str) -> Vec<Grant> {
         rw(Prefix(keys::backups()), "backup state of the instances it leads, expiry"),
         read(Prefix(keys::cells()), "the fleet (drain, placement checks)"),
         read(Prefix(keys::placements()), "the other members of its instances (drain, last-member check)"),
+        read(Prefix(keys::routers()), "router hosts: names in its members' server certificates"),
         rw(Key(keys::tls_ca()), "the generated fleet CA: signs its members' certificates (none with tls.ca_cert_file)"),
     ]
 }
