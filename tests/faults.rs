@@ -82,8 +82,8 @@ async fn hard_cell_loss_promotes_replica_and_cell_rejoins_when_back() {
 /// A switchover pauses writes for about 1.5 s here (2.02 s once in a CI
 /// rehearsal: every write of this writer is a new psql connection, now with a
 /// TLS handshake); without it (the members just stopped) the replica takes over
-/// only after Patroni notices the lost lock, ttl (10 s) later. Without the
-/// drain the test fails earlier: no write is acknowledged after the stop.
+/// only after Patroni notices, 2–3 s or more, and the test fails earlier: no
+/// write is acknowledged after the stop.
 const PLANNED_STOP_MAX_PAUSE: Duration = Duration::from_millis(2500);
 
 #[tokio::test]
