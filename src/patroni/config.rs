@@ -134,6 +134,27 @@ impl MemberConfig<'_> {
     }
 }
 
+/// Instance 1's member on cell a (advertised at 10.0.0.5, listening on every
+/// address), default timing, no backups: the rendering tests start from it.
+#[cfg(test)]
+pub(crate) fn render_sample(s: &Secrets) -> Value {
+    let (p, t) = (Placement::sample("1", "a"), PatroniTiming::default());
+    let hosts = vec!["127.0.0.1:2379".to_string()];
+    MemberConfig {
+        placement: &p,
+        secrets: s,
+        etcd_hosts: &hosts,
+        etcd_proxies: false,
+        advertise_host: "10.0.0.5",
+        listen_host: "0.0.0.0",
+        timing: &t,
+        synchronous_mode: true,
+        backup: None,
+        restore: None,
+    }
+    .render()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,22 +165,8 @@ mod tests {
 
     #[test]
     fn renders_scope_ports_timing_and_password_only_access() {
-        let (p, s) = (placement(), Secrets::generate());
-        let hosts = vec!["127.0.0.1:2379".to_string()];
-        let t = PatroniTiming::default();
-        let v = MemberConfig {
-            placement: &p,
-            secrets: &s,
-            etcd_hosts: &hosts,
-            etcd_proxies: false,
-            advertise_host: "10.0.0.5",
-            listen_host: "0.0.0.0",
-            timing: &t,
-            synchronous_mode: true,
-            backup: None,
-            restore: None,
-        }
-        .render();
+        let s = Secrets::generate();
+        let v = render_sample(&s);
         assert_eq!(v["scope"], "cf-1");
         assert_eq!(v["postgresql"]["connect_address"], "10.0.0.5:30000");
         assert_eq!(v["postgresql"]["listen"], "0.0.0.0:30000");

@@ -35,26 +35,9 @@ pub fn add_tls(v: &mut Value, require: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PatroniTiming;
-    use crate::etcd::store::{Placement, Secrets};
-    use crate::patroni::config::MemberConfig;
 
     fn rendered() -> Value {
-        let (p, s, t) = (Placement::sample("1", "a"), Secrets::generate(), PatroniTiming::default());
-        let hosts = vec!["127.0.0.1:2379".to_string()];
-        MemberConfig {
-            placement: &p,
-            secrets: &s,
-            etcd_hosts: &hosts,
-            etcd_proxies: false,
-            advertise_host: "10.0.0.5",
-            listen_host: "0.0.0.0",
-            timing: &t,
-            synchronous_mode: true,
-            backup: None,
-            restore: None,
-        }
-        .render()
+        crate::patroni::config::render_sample(&crate::etcd::store::Secrets::generate())
     }
 
     fn hba(v: &Value) -> Vec<String> {
