@@ -34,9 +34,8 @@ async fn every_daemon_on_its_own_role_over_tls() {
     let bind = json!({"service_id": SERVICE_ID, "plan_id": plan_id("ha-2")}).to_string();
     let b = osb("PUT", &format!("{inst}/service_bindings/k1"), Some(&bind)).await;
     assert_eq!(b.status, 201, "{}", b.text);
-    let uri = b.body["credentials"]["uri"].as_str().unwrap().to_string();
     assert_eq!(b.body["credentials"]["port"].as_u64().unwrap() as u16, d.router_port("a1").await);
-    let uri = uri.clone();
+    let uri = common::tls::binding_url(&b.body["credentials"], d.tmp.path());
     wait_for("a write through the router", Duration::from_secs(60), || {
         let uri = uri.clone();
         async move { psql(&uri, "create table if not exists t(x int); insert into t values (1)").ok() }

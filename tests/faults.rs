@@ -168,10 +168,10 @@ async fn hung_leader_is_replaced_and_demotes_itself_when_it_returns() {
     let url = cluster_with_router(&mut d).await;
     let old = format!("cf-1-{}", d.cells[0].name);
     let container = format!("pgcell-{old}");
-    assert!(Command::new("docker").args(["pause", &container]).output().unwrap().status.success());
+    let paused = Paused::new(&container);
     let took = first_write_elsewhere(&url, d.cells[0].ports.0, 1, Duration::from_secs(40)).await;
     eprintln!("hung leader: first write through the router after {:.2}s", took.as_secs_f64());
-    assert!(Command::new("docker").args(["unpause", &container]).output().unwrap().status.success());
+    drop(paused);
     let rejoin = wait_streaming(&d, 1, &old, Duration::from_secs(90)).await;
     eprintln!("hung leader demoted and streaming {:.1}s after it returned", rejoin.as_secs_f64());
     // The router never went back to it.

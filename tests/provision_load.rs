@@ -159,6 +159,8 @@ async fn twelve_single_and_four_ha2_at_once_through_two_brokers_then_all_deleted
                 // Backups outlive their instance (restorable for the retention period).
                 && !k.starts_with("/pgcell/backups/")
                 && k != "/pgcell/healer"
+                // The fleet CA belongs to the fleet, not to an instance.
+                && k != "/pgcell/tls/ca"
         })
         .collect();
     assert!(left.is_empty(), "keys left: {left:?}");
