@@ -150,7 +150,7 @@ open(os.environ["FIG"], "a").write(f"copy={copy:.1f}\nreplay={replay:.1f}\n")' \
 # Everything below also goes to the file (the deployments stay in this shell:
 # the clean-up on exit sees their PIDs).
 exec > >(tee docs/bench-backup-latest.txt)
-echo "# backup bench $(date -u '+%F %T') UTC, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); REPO=$REPO SCALE=$SCALE RPO_SECS=$RPO_SECS; archive_timeout 60 s, zstd"
+echo "# backup bench $(date -u '+%F %T') UTC, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); REPO=$REPO SCALE=$SCALE RPO_SECS=$RPO_SECS; archive_timeout 60 s (the RPO bound; PostgreSQL switches at 55 s), zstd"
 for r in "${REPOS[@]}"; do
   deploy "$r"
   measure "$r"

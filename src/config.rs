@@ -14,6 +14,8 @@ mod tls;
 pub use tls::TlsConfig;
 mod https;
 pub use https::Https;
+mod secret;
+pub use secret::Secret;
 
 /// The etcd endpoints every subcommand takes, comma-separated.
 pub const ETCD_ENV: &str = "PGCELL_ETCD_ENDPOINTS";
@@ -52,7 +54,7 @@ pub struct CellConfig {
     /// Where the per-cell broker API listens.
     pub api_listen: String,
     pub api_username: String,
-    pub api_password: String,
+    pub api_password: Secret,
     /// Host ports for members, `first-last`; each member takes two (PostgreSQL, Patroni REST).
     pub port_range: String,
     /// Most members this cell runs.
@@ -222,7 +224,7 @@ pub struct RouterConfig {
     pub http_listen: String,
     pub username: String,
     /// Empty: a random password is generated at start, so `/debug` and `/metrics` are never open.
-    pub password: String,
+    pub password: Secret,
     /// How long the last table is kept while etcd is unreachable. It matches the etcd outage
     /// pgcell rides out (30 s, Patroni's failsafe mode keeps the primaries) plus the time etcd
     /// needs to elect itself and the watches to resume (docs/decisions.md).
@@ -247,7 +249,7 @@ impl Default for RouterConfig {
             listen_host: "127.0.0.1".into(),
             http_listen: "127.0.0.1:8440".into(),
             username: "admin".into(),
-            password: String::new(),
+            password: Secret::default(),
             grace_ms: 35_000,
             promote_wait_ms: 5_000,
             data_threads: 2,
@@ -299,7 +301,7 @@ pub struct BrokerConfig {
     pub listen: String,
     pub username: String,
     /// Required: the platform's broker password.
-    pub password: String,
+    pub password: Secret,
     /// Host handed out in credentials; empty: the first registered router's address.
     pub router_host: String,
     /// Fleet-wide range router ports are allocated from (same as the cells').
@@ -327,7 +329,7 @@ impl Default for BrokerConfig {
             name: "broker-1".into(),
             listen: "127.0.0.1:8080".into(),
             username: "broker".into(),
-            password: String::new(),
+            password: Secret::default(),
             router_host: String::new(),
             router_port_range: "40000-40999".into(),
             operation_timeout_secs: 900,
@@ -507,7 +509,7 @@ mod tests {
     fn overrides_take_the_field_type_not_a_guess() {
         let cfg =
             load("", &[("PGCELL_API_PASSWORD", "123456"), ("PGCELL_CELL_NAME", "1"), ("PGCELL_ZONE", "true")]).unwrap();
-        assert_eq!((cfg.api_password.as_str(), cfg.name.as_str(), cfg.zone.as_str()), ("123456", "1", "true"));
+        assert_eq!((cfg.api_password.expose(), cfg.name.as_str(), cfg.zone.as_str()), ("123456", "1", "true"));
         let err = format!("{:#}", load("", &[("PGCELL_CAPACITY", "ten")]).unwrap_err());
         assert!(err.contains("PGCELL_CAPACITY=\"ten\" is not an integer"), "{err}");
         let err = format!("{:#}", load("", &[("PGCELL_DRAIN_ON_STOP", "yes")]).unwrap_err());
@@ -517,7 +519,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let b: BrokerConfig = load_layered(None, BROKER_ENV, &|k| env.get(k).cloned()).unwrap();
-        assert_eq!((b.password.as_str(), b.name.as_str()), ("42", "7"));
+        assert_eq!((b.password.expose(), b.name.as_str()), ("42", "7"));
         assert!(!b.https.enabled(), "plain HTTP by default");
         let tls = [("PGCELL_HTTPS_CERT_FILE", "/c.pem"), ("PGCELL_HTTPS_KEY_FILE", "/k.pem")];
         let env: HashMap<String, String> = tls.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

@@ -95,7 +95,7 @@ fn bosh_templates_render_into_valid_configs() {
     assert_eq!(c.etcd_endpoints, LINKED_ETCD);
     assert_eq!((c.name.as_str(), c.deployment.as_str(), c.zone.as_str()), ("cell-1", "pgcell-test", "z2"));
     assert_eq!((c.advertise_host.as_str(), c.listen_host()), ("10.244.1.11", "10.244.1.11"));
-    assert_eq!(c.api_password, r#"pa"ss\word $HOME"#, "quotes and backslashes survive");
+    assert_eq!(c.api_password.expose(), r#"pa"ss\word $HOME"#, "quotes and backslashes survive");
     assert_eq!((c.capacity, c.memory_mb, c.patroni.ttl, c.patroni.loop_wait), (7, 512, 15, 1));
     assert!(c.patroni.failsafe_mode, "on by default");
     assert_eq!(c.data_root, Path::new("/var/vcap/store/pgcell"));
@@ -105,7 +105,7 @@ fn bosh_templates_render_into_valid_configs() {
     let r = router(out, "own-etcd");
     assert_eq!(r.etcd_endpoints, LINKED_ETCD);
     assert_eq!((r.name.as_str(), r.advertise_host.as_str()), ("router-1", "10.244.1.11"));
-    assert_eq!((r.password.as_str(), r.grace_ms, r.data_threads), ("router-secret", 12_000, 2));
+    assert_eq!((r.password.expose(), r.grace_ms, r.data_threads), ("router-secret", 12_000, 2));
     assert_eq!(r.promote_wait_ms, 5_000);
 
     let b = broker(out, "own-etcd");

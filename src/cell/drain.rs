@@ -28,8 +28,17 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// Whether a replica other than `leader` can take over.
+/// How long a drain waits for a replica that exists to become able to take
+/// over (a member that just rejoined, a sync key not yet naming it).
+const CANDIDATE_WAIT: Duration = Duration::from_secs(20);
+
+/// Whether a replica other than `leader` can take over now. In synchronous
+/// mode only the synchronous standby named for this leader can: Patroni
+/// refuses a switchover to anyone else ("no good candidates").
 pub fn has_healthy_replica(view: &ClusterView, leader: &str) -> bool {
+    if view.synchronous_mode.unwrap_or(true) {
+        return view.failover_candidate().is_some_and(|m| m.name != leader && !is_primary_role(&m.role));
+    }
     view.members.values().any(|m| m.name != leader && m.state == "running" && !is_primary_role(&m.role))
 }
 
@@ -47,13 +56,22 @@ pub async fn drain(client: &mut Client, cell: &str) -> anyhow::Result<Vec<(Strin
 
 /// Switches the member `p` over to a healthy replica if it leads its cluster.
 pub async fn move_leader(client: &mut Client, p: &store::Placement) -> anyhow::Result<Outcome> {
-    let view = read_view(client, &p.scope).await?;
-    if view.leader.as_deref() != Some(&p.member) {
-        return Ok(Outcome::NotLeader);
-    }
-    if !has_healthy_replica(&view, &p.member) {
-        return Ok(Outcome::NoHealthyReplica);
-    }
+    let waited = std::time::Instant::now();
+    let view = loop {
+        let view = read_view(client, &p.scope).await?;
+        if view.leader.as_deref() != Some(&p.member) {
+            return Ok(Outcome::NotLeader);
+        }
+        if has_healthy_replica(&view, &p.member) {
+            break view;
+        }
+        // A cluster of one (or whose others never come) is left running; a
+        // replica that is there but not yet a candidate is waited for.
+        if view.members.len() < 2 || waited.elapsed() > CANDIDATE_WAIT {
+            return Ok(Outcome::NoHealthyReplica);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     let Some(me) = view.members.get(&p.member) else { anyhow::bail!("leader has no member key") };
     let secrets = store::ensure_secrets(client, &p.instance_id).await?;
     rest::switchover(&me.api_url, &secrets.admin, &p.member, Duration::from_secs(15)).await?;
@@ -84,6 +102,22 @@ mod tests {
         ]);
         assert!(!has_healthy_replica(&v["cf-1"], "a"));
         let v = views_from_kvs([("/service/cf-1/members/a", a.as_bytes()), ("/service/cf-1/members/b", b.as_bytes())]);
+        // Synchronous mode (pgcell's default) but no sync key yet: not a candidate.
+        assert!(!has_healthy_replica(&v["cf-1"], "a"));
+        let sync = br#"{"leader":"a","sync_standby":"b"}"#;
+        let v = views_from_kvs([
+            ("/service/cf-1/leader", b"a".as_slice()),
+            ("/service/cf-1/sync", sync.as_slice()),
+            ("/service/cf-1/members/a", a.as_bytes()),
+            ("/service/cf-1/members/b", b.as_bytes()),
+        ]);
+        assert!(has_healthy_replica(&v["cf-1"], "a"));
+        let async_mode = br#"{"synchronous_mode":false}"#;
+        let v = views_from_kvs([
+            ("/service/cf-1/config", async_mode.as_slice()),
+            ("/service/cf-1/members/a", a.as_bytes()),
+            ("/service/cf-1/members/b", b.as_bytes()),
+        ]);
         assert!(has_healthy_replica(&v["cf-1"], "a"));
     }
 }

@@ -20,7 +20,8 @@ pub struct BackupConfig {
     /// WAL they need is kept with them).
     pub retention_days: u32,
     /// A WAL segment is archived at least this often, even when writes are
-    /// few: the RPO bound.
+    /// few: the RPO bound (PostgreSQL switches a margin earlier, see
+    /// [`BackupConfig::wal_switch_secs`]).
     pub archive_timeout_secs: u32,
     /// pgBackRest's `archive-push-queue-max`: past it WAL is dropped (and a
     /// new full backup needed) rather than the disk filled.
@@ -114,6 +115,15 @@ impl BackupConfig {
         if self.deleted_keep_secs > 0 { self.deleted_keep_secs } else { u64::from(self.retention_days.max(1)) * 86_400 }
     }
 
+    /// PostgreSQL's `archive_timeout`: the switch comes a margin before the
+    /// bound (a fifth of it, at most 5 s) so that the checkpointer's wake-up
+    /// (up to 1 s late) and the asynchronous push (about a second, more to S3)
+    /// still land within `archive_timeout_secs`, the RPO the user was promised.
+    pub fn wal_switch_secs(&self) -> u32 {
+        let bound = self.archive_timeout_secs.max(2);
+        bound - (bound / 5).clamp(1, 5)
+    }
+
     pub fn is_s3(&self) -> bool {
         self.repo_type == "s3"
     }
@@ -153,5 +163,19 @@ impl Default for BackupConfig {
             s3: S3Config::default(),
             cipher_pass: String::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackupConfig;
+
+    #[test]
+    fn postgres_switches_a_margin_before_the_rpo_bound() {
+        let at = |secs| BackupConfig { archive_timeout_secs: secs, ..BackupConfig::default() }.wal_switch_secs();
+        // 60 s (default) and 10 s (the shortest a plan may ask): 5 s and 2 s early.
+        assert_eq!((at(60), at(30), at(10)), (55, 25, 8));
+        // Never 0 (PostgreSQL's "off"), whatever an operator configures.
+        assert_eq!((at(1), at(0)), (1, 1));
     }
 }

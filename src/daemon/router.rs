@@ -33,7 +33,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
 
 pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> anyhow::Result<()> {
     if cfg.password.is_empty() {
-        cfg.password = crate::secret::random_password(24);
+        cfg.password = crate::secret::random_password(24).into();
         tracing::warn!("no password configured: /debug and /metrics use a random one (set PGCELL_PASSWORD)");
     }
     let etcd = crate::etcd::connect(&cfg.etcd_endpoints, &cfg.etcd_access).await?;
@@ -66,7 +66,8 @@ pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> an
     tracing::info!(router = %cfg.name, http = %addr, "router running");
 
     let state = web::Data::new(RouterHttp { actor, table, stats, failpoints: cfg.failpoints });
-    let creds = web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.clone() });
+    let creds =
+        web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.expose().to_string() });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

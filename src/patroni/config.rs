@@ -111,7 +111,7 @@ impl MemberConfig<'_> {
         let params = &mut v["postgresql"]["parameters"];
         params["archive_mode"] = "on".into();
         params["archive_command"] = pgbackrest::archive_command(stanza).into();
-        params["archive_timeout"] = format!("{}s", b.archive_timeout_secs.max(1)).into();
+        params["archive_timeout"] = format!("{}s", b.wal_switch_secs()).into();
         let pg = &mut v["postgresql"];
         pg["recovery_conf"] = json!({"restore_command": pgbackrest::restore_command(stanza)});
         // A replica comes from the latest backup plus WAL when one exists (no
@@ -205,7 +205,8 @@ mod tests {
         let params = &v["postgresql"]["parameters"];
         assert_eq!(params["archive_mode"], "on");
         assert_eq!(params["archive_command"], "pgbackrest --stanza=1 archive-push %p");
-        assert_eq!(params["archive_timeout"], "60s");
+        // The 60 s bound: PostgreSQL switches 5 s before it.
+        assert_eq!(params["archive_timeout"], "55s");
         assert_eq!(v["postgresql"]["create_replica_methods"], json!(["pgbackrest", "basebackup"]));
         assert_eq!(v["bootstrap"]["method"], "pgbackrest_restore");
         let boot = &v["bootstrap"]["pgbackrest_restore"];
