@@ -143,14 +143,37 @@ async fn wait_failover_candidate(d: &Deployment, timeout: Duration) -> String {
 }
 
 /// Waits until a member takes inserts (ids from `first_id` up, never reused).
-async fn wait_writable(url: &str, first_id: i64) {
-    let mut id = first_id;
-    wait_for("the replica writable", TTL * 3, || {
-        id += 1;
-        let ok = psql(url, &format!("insert into acked values ({id})")).ok();
-        async move { ok }
+/// When `holder` stopped holding Patroni's leader key (expired or taken),
+/// read with `etcdctl` every 50 ms on its own thread (psql blocks the runtime):
+/// splits a failover into the lock's expiry and the promotion after it.
+fn lock_gone(endpoint: String, holder: String) -> std::thread::JoinHandle<Option<Instant>> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < TTL * 3 {
+            let out = Command::new("etcdctl")
+                .args(["--endpoints", &endpoint, "get", "/service/cf-1/leader", "--print-value-only"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .ok()?;
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() != holder {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     })
-    .await;
+}
+
+async fn wait_writable(url: &str, first_id: i64) {
+    // Polled every 50 ms (not wait_for's 200 ms): the time measured is the failover's.
+    let start = Instant::now();
+    for id in first_id.. {
+        if psql(url, &format!("insert into acked values ({id})")).is_ok() {
+            return;
+        }
+        assert!(start.elapsed() < TTL * 3, "the replica not writable after {:?}", TTL * 3);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn ha2_with_writer(d: &mut Deployment, grace_ms: u64) -> (String, Writer) {
@@ -247,14 +270,16 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_lead
         d.etcd.resume();
         let back = wait_serving(&d, 0).await;
         tokio::time::sleep(Duration::from_secs(delay).saturating_sub(back.elapsed())).await;
+        let replica = d.superuser_url("1", d.member_port("1", new_cell).await).await;
         let frozen = Paused::new(&format!("pgcell-{leader}"));
         let paused = Instant::now();
-        let replica = d.superuser_url("1", d.member_port("1", new_cell).await).await;
+        let gone = lock_gone(d.etcd.endpoint.clone(), leader.clone());
         wait_writable(&replica, 1_000_000_000 * (delay as i64)).await;
         let took = paused.elapsed();
         took_all.push(took.as_secs_f64());
+        let expired = gone.join().unwrap().map_or(f64::NAN, |g| (g - paused).as_secs_f64());
         eprintln!(
-            "etcd back, leader paused {delay} s later: replica writable {:.2} s after the pause",
+            "etcd back, leader paused {delay} s later: replica writable {:.2} s after the pause (lock gone after {expired:.2} s)",
             took.as_secs_f64()
         );
         // Promoted, its old leader hung: no failover candidate, and pgcell says so.
@@ -347,9 +372,14 @@ async fn a_leader_cut_off_alone_is_replaced_at_ttl_and_rejoins() {
 
     let cut = Cut::ports(&uid, &[e0_port, b_api, a_api]);
     let t0 = Instant::now();
+    let gone = lock_gone(d.etcd.member_endpoint(1), leader.clone());
     wait_writable(&d.superuser_url("1", b_pg).await, 2_000_000_000).await;
     let took = t0.elapsed();
-    eprintln!("leader cut off alone: replica writable {:.2} s after the cut", took.as_secs_f64());
+    let expired = gone.join().unwrap().map_or(f64::NAN, |g| (g - t0).as_secs_f64());
+    eprintln!(
+        "leader cut off alone: replica writable {:.2} s after the cut (its lock gone after {expired:.2} s)",
+        took.as_secs_f64()
+    );
     assert_ne!(d.leader("1").await.as_deref(), Some(leader.as_str()), "the cut-off leader kept the lock");
     drop(cut);
     let old = d.superuser_url("1", a_pg).await;
