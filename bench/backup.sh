@@ -22,6 +22,26 @@ pgcell_bin
 BIN="$PGCELL_BIN"; ID="$DEPLOYMENT"; DIR="$TMP"
 IMAGE="$(deploy/image/build.sh 2>/dev/null | tail -n1)"
 
+rpo_sampled() { # repo secs label: a writer (about 10 commits/s) records each
+  # commit's time and WAL position; every second the archiver's last segment is
+  # read. The RPO at that moment is now minus the newest commit inside an
+  # archived segment: what a restore from the repository would have if the
+  # primary were lost then.
+  local repo="$1" n="$2" label="$3"
+  ( while :; do
+      psql -At "$U" -c 'insert into w default values returning extract(epoch from at), pg_current_wal_lsn()' 2>/dev/null
+      sleep 0.1
+    done >"$DIR/$repo-$label-writes.txt" ) &
+  local writer=$!; PIDS+=($writer)
+  sleep 5
+  for _ in $(seq "$n"); do
+    echo "$(date +%s.%N)|$(psql -At "$U" -c 'select last_archived_wal from pg_stat_archiver' 2>/dev/null)" >>"$DIR/$repo-$label-archived.txt"
+    sleep 1
+  done
+  kill "$writer" 2>/dev/null || true
+  python3 bench/backup_figures.py rpo "$DIR/$repo-$label-writes.txt" "$DIR/$repo-$label-archived.txt" "$FIG" "$label"
+}
+
 deploy() { # repo: etcd, the repository, one cell, a router, a broker
   local repo="$1" env=()
   start_etcd
@@ -96,18 +116,7 @@ measure() { # repo: the figures for one repository, printed; the key ones also i
   # that moment is now minus the newest commit inside an archived segment: what
   # a restore from the repository would have if the primary were lost then.
   psql -q "$U" -c 'create table w(id bigserial, at timestamptz default clock_timestamp())'
-  ( while :; do
-      psql -At "$U" -c 'insert into w default values returning extract(epoch from at), pg_current_wal_lsn()' 2>/dev/null
-      sleep 0.1
-    done >"$DIR/$repo-writes.txt" ) &
-  WRITER=$!; PIDS+=($WRITER)
-  sleep 5
-  for _ in $(seq "$RPO_SECS"); do
-    echo "$(date +%s.%N)|$(psql -At "$U" -c 'select last_archived_wal from pg_stat_archiver' 2>/dev/null)" >>"$DIR/$repo-archived.txt"
-    sleep 1
-  done
-  kill "$WRITER" 2>/dev/null || true
-  python3 bench/backup_figures.py rpo "$DIR/$repo-writes.txt" "$DIR/$repo-archived.txt" "$FIG"
+  rpo_sampled "$repo" "$RPO_SECS" steady
 
   # ~1 GB: pgbench scale $SCALE, then a full backup on demand.
   t0=$(now); pgbench -q -i -s "$SCALE" "$U" >"$DIR/$repo-pgbench-init.log" 2>&1; t1=$(now)
@@ -122,8 +131,12 @@ print(f"full backup: {mb:.0f} MB in {d} s = {mb/d:.0f} MB/s (repository {repo:.0
 open(os.environ["FIG"], "a").write(f"backup_s={d}\nbackup_mbs={mb/d:.0f}\n")'
   echo "  pgcell backup (request to done): $(secs "$t0" "$t1") s"
   fig backup_request "$(secs "$t0" "$t1")"
-  # WAL to replay after that backup: a minute of pgbench.
-  pgbench -q -T 60 -c 2 "$U" >"$DIR/$repo-pgbench-run.log" 2>&1 || true
+  # WAL to replay after that backup: a minute of pgbench, the RPO sampled
+  # under it (segments fill by size: the archiver must keep up).
+  pgbench -q -T 65 -c 2 "$U" >"$DIR/$repo-pgbench-run.log" 2>&1 &
+  local pgb=$!
+  rpo_sampled "$repo" 55 heavy
+  wait "$pgb" || true
   psql -At "$U" -c 'select pg_switch_wal()' >/dev/null
   sleep 15
   t0=$(now); provision copy '{"restore":{"from":"src"}}'; t1=$(now)

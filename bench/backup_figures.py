@@ -1,6 +1,7 @@
 """Figures of bench/backup.sh.
 
-  backup_figures.py rpo WRITES ARCHIVED FIG   the RPO under steady writes
+  backup_figures.py rpo WRITES ARCHIVED FIG LABEL   the RPO under writes (steady: a
+                                              light writer alone; heavy: with pgbench)
   backup_figures.py compare POSIX_FIG S3_FIG  side by side, with s3/posix
 
 WRITES: "epoch|lsn" per commit; ARCHIVED: "epoch|last_archived_wal" once a
@@ -15,7 +16,7 @@ def lsn(s):
     return (int(hi, 16) << 32) | int(lo, 16)
 
 
-def rpo(writes_file, archived_file, fig_file):
+def rpo(writes_file, archived_file, fig_file, label="steady"):
     """The RPO at each sample: now minus the newest commit inside an archived segment."""
     writes = []
     for line in open(writes_file):
@@ -35,20 +36,23 @@ def rpo(writes_file, archived_file, fig_file):
         if done:
             out.append(float(t) - max(done))
     if not out:
-        print(f"RPO under steady writes: no sample ({len(writes)} commits, nothing archived while sampled)")
+        print(f"RPO under {label} writes: no sample ({len(writes)} commits, nothing archived while sampled)")
         return
     out.sort()
     p50, p95 = statistics.median(out), out[max(int(len(out) * 0.95) - 1, 0)]
-    print(f"RPO under steady writes ({len(writes)} commits, {len(out)} samples 1/s, archive_timeout 60 s: PostgreSQL switches at 55 s): "
+    print(f"RPO under {label} writes ({len(writes)} commits, {len(out)} samples 1/s, archive_timeout 60 s: PostgreSQL switches at 55 s): "
           f"p50 {p50:.1f} s, p95 {p95:.1f} s, max {out[-1]:.1f} s")
     with open(fig_file, "a") as f:
-        f.write(f"rpo_p50={p50:.1f}\nrpo_p95={p95:.1f}\nrpo_max={out[-1]:.1f}\n")
+        key = "rpo" if label == "steady" else f"rpo_{label}"
+        f.write(f"{key}_p50={p50:.1f}\n{key}_p95={p95:.1f}\n{key}_max={out[-1]:.1f}\n")
 
 
 ROWS = [  # key, label, unit, whether the ratio is printed
     ("first_backup", "first full backup, after provisioning succeeded", "s", False),
     ("rpo_p50", "RPO under steady writes, p50", "s", True),
     ("rpo_max", "RPO under steady writes, max", "s", False),
+    ("rpo_heavy_p50", "RPO under pgbench -c 2, p50", "s", True),
+    ("rpo_heavy_max", "RPO under pgbench -c 2, max", "s", False),
     ("backup_mbs", "full backup (pgBackRest start to stop)", "MB/s", True),
     ("backup_s", "full backup duration", "s", False),
     ("backup_request", "pgcell backup, request to done", "s", False),
@@ -73,7 +77,7 @@ def compare(posix_file, s3_file):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["rpo"] and len(sys.argv) == 5:
+    if sys.argv[1:2] == ["rpo"] and len(sys.argv) in (5, 6):
         rpo(*sys.argv[2:])
     elif sys.argv[1:2] == ["compare"] and len(sys.argv) == 4:
         compare(*sys.argv[2:])
