@@ -111,10 +111,7 @@ measure() { # repo: the figures for one repository, printed; the key ones also i
   fig first_backup "$(secs "$t1" "$t2")"
   U=$(url src)
 
-  # RPO: a steady writer (about 10 commits/s) records each commit's time and
-  # WAL position; every second the archiver's last segment is read. The RPO at
-  # that moment is now minus the newest commit inside an archived segment: what
-  # a restore from the repository would have if the primary were lost then.
+  # RPO with the light writer alone (how it is measured: rpo_sampled).
   psql -q "$U" -c 'create table w(id bigserial, at timestamptz default clock_timestamp())'
   rpo_sampled "$repo" "$RPO_SECS" steady
 
