@@ -64,7 +64,7 @@ async fn placement_race_fills_slots_once() {
     for i in 0..8 {
         let mut client = etcd.client().await;
         let (cell, p) = (cell.clone(), want(&format!("{}", i % 7)));
-        tasks.push(tokio::spawn(async move { store::place_member(&mut client, &cell, p).await }));
+        tasks.push(tokio::spawn(async move { store::place_member(&mut client, &cell, p, b"{}").await }));
     }
     let mut created = vec![];
     let mut full = 0;

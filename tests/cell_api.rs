@@ -59,6 +59,8 @@ async fn bad_input_gets_4xx_with_osb_body_and_changes_nothing() {
         ("PUT", "/v2/service_instances/a%2Fb".into(), SEED_AUTH, Some(&body), 400),
         ("PUT", format!("/v2/service_instances/{}", "x".repeat(64)), SEED_AUTH, Some(&body), 400),
         ("PUT", "/v2/service_instances/7".into(), SEED_AUTH, Some(&other_plan), 400),
+        // 7 has a member and no seed secrets: the broker's, not the per-cell API's to grow.
+        ("PUT", "/v2/service_instances/7".into(), SEED_AUTH, Some(&body), 409),
         ("DELETE", "/v2/service_instances/7?plan_id=nope".into(), SEED_AUTH, None, 400),
         ("DELETE", "/v2/service_instances/a%20b".into(), SEED_AUTH, None, 400),
         ("DELETE", "/v2/service_instances/9".into(), SEED_AUTH, None, 410),

@@ -69,6 +69,14 @@ async fn every_daemon_on_its_own_role_over_tls() {
     assert!(!ok && out.contains("permission denied"), "cell A writes cell B's placement: {out}");
     let (ok, out) = d.etcd.etcdctl(Some(&a), true, &["put", &format!("/pgcell/ports/{b}/0"), "x"]);
     assert!(!ok && out.contains("permission denied"), "cell A writes cell B's port slot: {out}");
+    // A cell holds its own members' passwords, and no other key of the instance.
+    let own_env = format!("/pgcell/member_env/{}/a1", d.cells[0].name);
+    let (ok, out) = d.etcd.etcdctl(Some(&a), true, &["get", &own_env]);
+    assert!(ok && out.contains("superuser"), "cell A reads its member's env: {out}");
+    for key in [secrets.to_string(), format!("/pgcell/member_env/{b}/a1"), "/pgcell/instances/a1/bindings/k1".into()] {
+        let (ok, out) = d.etcd.etcdctl(Some(&a), true, &["get", &key]);
+        assert!(!ok && out.contains("permission denied"), "cell A reads {key}: {out}");
+    }
 
     // Without a user: the certificate alone opens nothing; without a certificate, no connection.
     let (ok, out) = d.etcd.etcdctl(None, true, &["get", secrets]);

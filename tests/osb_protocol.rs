@@ -325,6 +325,7 @@ async fn operations_advance_with_nobody_polling() {
     })
     .await;
     assert!(failed["description"].as_str().unwrap().contains("not enough cells"), "{failed}");
+    assert!(etcd.dump("/pgcell/instances/h1/secrets").await.is_empty(), "an instance that never fit keeps passwords");
     wait_for("s1 placed by itself", Duration::from_secs(10), || async {
         let placed = etcd.dump("/pgcell/placements/c1/s1").await;
         (!placed.is_empty()).then_some(())
@@ -336,6 +337,44 @@ async fn operations_advance_with_nobody_polling() {
     .await;
     eprintln!("driven without polling in {:.2}s: {op}", t0.elapsed().as_secs_f64());
     assert_eq!(op["state"], "in progress");
+}
+
+/// A cell reads its members' passwords and settings from its own
+/// `member_env/<cell>/` (its etcd role does not reach `instances/`): each is
+/// written with the placement and goes with it.
+#[tokio::test]
+async fn each_member_gets_its_env_with_its_placement_and_loses_it_with_it() {
+    let etcd = Etcd::start();
+    fake_cell(&etcd, "c1", 4).await;
+    fake_cell(&etcd, "c2", 4).await;
+    let broker = start_broker(&etcd.endpoint, "b1", (41060, 41069));
+    let url = format!("{broker}/v2/service_instances/e1?accepts_incomplete=true");
+    let body = provision_body("ha-2", json!({"archive_timeout": 20, "require_tls": true})).to_string();
+    wait_for("the broker", Duration::from_secs(10), || async {
+        (osb("PUT", &url, Some(&body)).await.status == 202).then_some(())
+    })
+    .await;
+    let envs = wait_for("both members placed", Duration::from_secs(10), || async {
+        let envs = etcd.dump("/pgcell/member_env/").await;
+        (envs.len() == 2 && etcd.dump("/pgcell/placements/").await.len() == 2).then_some(envs)
+    })
+    .await;
+    let keys: Vec<&str> = envs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["/pgcell/member_env/c1/e1", "/pgcell/member_env/c2/e1"]);
+    let secrets: Value = serde_json::from_str(&etcd.dump("/pgcell/instances/e1/secrets").await[0].1).unwrap();
+    for (k, v) in &envs {
+        let env: Value = serde_json::from_str(v).unwrap();
+        assert_eq!(env["secrets"], secrets, "{k}: not the instance's passwords");
+        assert_eq!((env["archive_timeout"].as_u64(), env["require_tls"].as_bool()), (Some(20), Some(true)), "{k}");
+    }
+    // The cell removes a member (after a purge): its env goes in the same transaction.
+    let mut c = etcd.client().await;
+    let resp = c.get("/pgcell/placements/c1/e1", None).await.unwrap();
+    let kv = &resp.kvs()[0];
+    let p: pgcell::etcd::store::Placement = serde_json::from_slice(kv.value()).unwrap();
+    assert!(pgcell::etcd::store::remove_placement(&mut c, &p, kv.mod_revision()).await.unwrap().done());
+    let left: Vec<String> = etcd.dump("/pgcell/member_env/").await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(left, ["/pgcell/member_env/c2/e1"]);
 }
 
 #[tokio::test]

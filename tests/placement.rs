@@ -121,12 +121,12 @@ async fn a_reservation_commits_only_on_the_fleet_it_read_and_all_or_nothing() {
     assert_eq!((stale.total(), stale.free()), (4, 4));
     // Another placement takes a slot on b after the read: a two-member reservation on a and b fails whole.
     let fresh = fleet::read(&mut client).await.unwrap();
-    assert!(fleet::reserve(&mut client, &fresh, vec![want("x", "b")]).await.unwrap().is_some());
-    assert!(fleet::reserve(&mut client, &stale, vec![want("y", "a"), want("y", "b")]).await.unwrap().is_none());
+    assert!(fleet::reserve(&mut client, &fresh, vec![want("x", "b")], b"{}").await.unwrap().is_some());
+    assert!(fleet::reserve(&mut client, &stale, vec![want("y", "a"), want("y", "b")], b"{}").await.unwrap().is_none());
     assert_eq!(placements(&etcd).await.len(), 1, "nothing of y on a");
     // Read again: it fits, b's next slot.
     let now = fleet::read(&mut client).await.unwrap();
-    let placed = fleet::reserve(&mut client, &now, vec![want("y", "a"), want("y", "b")]).await.unwrap().unwrap();
+    let placed = fleet::reserve(&mut client, &now, vec![want("y", "a"), want("y", "b")], b"{}").await.unwrap().unwrap();
     assert_eq!(placed.iter().map(|p| (p.cell.as_str(), p.slot)).collect::<Vec<_>>(), [("a", 0), ("b", 1)]);
     // Any slot taken on a chosen cell since the read fails it, not only the slot it would take:
     // the free count the choice was made on must still hold when it commits.
@@ -134,16 +134,16 @@ async fn a_reservation_commits_only_on_the_fleet_it_read_and_all_or_nothing() {
     fake_cell(&etcd, "c", 3).await;
     let before_c = fleet::read(&mut client).await.unwrap();
     client.put("/pgcell/ports/c/2", "cf-v-c", None).await.unwrap();
-    assert!(fleet::reserve(&mut client, &before_c, vec![want("v", "c")]).await.unwrap().is_none());
-    assert!(fleet::reserve(&mut client, &before, vec![want("v", "c")]).await.is_err(), "c was not in that read");
+    assert!(fleet::reserve(&mut client, &before_c, vec![want("v", "c")], b"{}").await.unwrap().is_none());
+    assert!(fleet::reserve(&mut client, &before, vec![want("v", "c")], b"{}").await.is_err(), "c was not in that read");
     // A removal since the read does not invalidate it (it only frees room).
     let before = fleet::read(&mut client).await.unwrap();
     client.delete("/pgcell/ports/b/0", None).await.unwrap();
-    assert!(fleet::reserve(&mut client, &before, vec![want("z", "a")]).await.unwrap().is_some());
+    assert!(fleet::reserve(&mut client, &before, vec![want("z", "a")], b"{}").await.unwrap().is_some());
     // A cell that re-registered since the read (its capacity may have changed) is read again.
     let before = fleet::read(&mut client).await.unwrap();
     fake_cell(&etcd, "b", 3).await;
-    assert!(fleet::reserve(&mut client, &before, vec![want("w", "b")]).await.unwrap().is_none());
+    assert!(fleet::reserve(&mut client, &before, vec![want("w", "b")], b"{}").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -157,7 +157,7 @@ async fn concurrent_provisions_and_a_scale_out_through_two_brokers_fit_and_sprea
     // u1: an ha-2 instance already there (provisioned, members on c1 and c2).
     let mut client = etcd.client().await;
     let f = fleet::read(&mut client).await.unwrap();
-    fleet::reserve(&mut client, &f, vec![want("u1", "c1"), want("u1", "c2")]).await.unwrap().unwrap();
+    fleet::reserve(&mut client, &f, vec![want("u1", "c1"), want("u1", "c2")], b"{}").await.unwrap().unwrap();
     let spec = json!({"service_id": SERVICE_ID, "plan_id": plan_id("ha-2"), "parameters": {"extensions": []}});
     // Written as the broker writes it: starting the update compares the stored operation byte for byte.
     let mut op = Operation::new(OpKind::Provision, "ready");
@@ -256,7 +256,8 @@ async fn a_shortage_waits_for_slots_a_deprovision_frees() {
     let mut client = etcd.client().await;
     // The only slot is held by a member being purged (its cell has not removed it yet).
     let f = fleet::read(&mut client).await.unwrap();
-    let old = fleet::reserve(&mut client, &f, vec![Placement { purge: true, ..want("old", "c1") }]).await.unwrap();
+    let old =
+        fleet::reserve(&mut client, &f, vec![Placement { purge: true, ..want("old", "c1") }], b"{}").await.unwrap();
     let old = old.unwrap().remove(0);
     let brokers = two_brokers(&etcd, (41180, 41189)).await;
     all_at_once(&brokers, &[("n1".into(), "single")]).await;

@@ -234,6 +234,7 @@ impl Broker {
             retiring.iter().filter_map(|(k, _)| k.strip_prefix(&keys::retirings()).map(String::from)).collect();
         let taken: BTreeSet<String> = placements.iter().map(|(p, _)| p.cell.clone()).collect();
         let need = plan.members - placements.iter().filter(|(p, _)| !p.purge).count();
+        let mut env = vec![];
         for attempt in 0..place::MAX_ATTEMPTS {
             let fleet = fleet::read(&mut etcd).await?;
             let mut candidates = place::candidates(&fleet);
@@ -245,7 +246,15 @@ impl Broker {
                 .collect();
             let chosen = place::choose(&candidates, &taken, &zones, need);
             if chosen.len() < need {
+                if placements.is_empty() {
+                    // Made for a reservation that lost its race, if any; no member uses them.
+                    etcd.delete(keys::secrets(id), None).await.context("etcd delete unused secrets")?;
+                }
                 return Ok(Err(place::shortage(&candidates, &taken, plan.members, need)));
+            }
+            // Made only when there is room: an instance that never fits keeps no passwords.
+            if env.is_empty() {
+                env = model::member_env(&mut etcd, id).await?.context("the instance's spec vanished")?.to_bytes()?;
             }
             let wants = chosen
                 .iter()
@@ -263,7 +272,7 @@ impl Broker {
                     purge: false,
                 })
                 .collect();
-            if let Some(placed) = fleet::reserve(&mut etcd, &fleet, wants).await? {
+            if let Some(placed) = fleet::reserve(&mut etcd, &fleet, wants, &env).await? {
                 let on: Vec<String> = placed.iter().map(|p| format!("{}#{}", p.cell, p.slot)).collect();
                 tracing::info!(instance = id, placed = ?on, existing = ?taken, attempt, "members placed");
                 return Ok(Ok(()));

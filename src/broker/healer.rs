@@ -56,6 +56,9 @@ pub async fn run(broker: Broker) {
 /// One pass: read, decide, act.
 async fn pass(etcd: &mut Client, broker: &Broker, stuck: &mut BTreeMap<String, String>) -> anyhow::Result<()> {
     let (fleet, records) = read_fleet(etcd).await?;
+    if let Err(e) = backfill_envs(etcd, &fleet).await {
+        tracing::warn!(error = %format!("{e:#}"), "writing members' envs failed; trying again next pass");
+    }
     let actions = heal::plan(&fleet, crate::broker::model::now(), broker.cfg.replace_after_secs);
     let mut still_stuck = BTreeMap::new();
     for action in actions {
@@ -136,7 +139,8 @@ async fn replace(etcd: &mut Client, cells: &[CellRecord], old: &Placement, new_c
         started: crate::broker::model::now(),
     };
     let key = keys::replacement(&old.member);
-    match store::place_with(etcd, &ports, want, Some((&key, serde_json::to_vec(&record)?))).await {
+    let env = env_of(etcd, old).await?;
+    match store::place_with(etcd, &ports, want, &env, Some((&key, serde_json::to_vec(&record)?))).await {
         Ok(Placed::Created(p)) => {
             inc(&COUNTERS.replacements_started);
             tracing::info!(old = %old.member, new = %p.member, cell = %new_cell, "replacing a member of a cell that is gone");
@@ -146,6 +150,44 @@ async fn replace(etcd: &mut Client, cells: &[CellRecord], old: &Placement, new_c
         Err(PlaceError::NoCapacity(c)) => anyhow::bail!("{c} has no free slot any more"),
         Err(PlaceError::Etcd(e)) => Err(e),
     }
+}
+
+/// A member's env for a new member of the same instance: the one its cell was
+/// given (a seed instance's too), else made from the instance's keys.
+async fn env_of(etcd: &mut Client, p: &Placement) -> anyhow::Result<Vec<u8>> {
+    let key = keys::member_env(&p.cell, &p.instance_id);
+    if let Some(kv) = etcd.get(key.as_str(), None).await.context("etcd get member env")?.kvs().first() {
+        return Ok(kv.value().to_vec());
+    }
+    let env = crate::broker::model::member_env(etcd, &p.instance_id)
+        .await?
+        .with_context(|| format!("{key} is missing and {} is not a broker's instance", p.instance_id))?;
+    env.to_bytes()
+}
+
+/// Gives every member placed before member envs existed its env (create-only:
+/// never overwrites one), so that its cell can render it with a scoped role.
+async fn backfill_envs(etcd: &mut Client, fleet: &Fleet) -> anyhow::Result<()> {
+    let (have, _) = store::get_prefix(etcd, &keys::member_envs()).await?;
+    let have: std::collections::BTreeSet<String> = have.into_iter().map(|(k, _)| k).collect();
+    for (p, rev) in fleet.placements.iter().filter(|(p, _)| !p.purge) {
+        let key = keys::member_env(&p.cell, &p.instance_id);
+        if have.contains(&key) {
+            continue;
+        }
+        let Some(env) = crate::broker::model::member_env(etcd, &p.instance_id).await? else { continue };
+        // Only while that placement is the one read: none is left behind a removed member.
+        let placement = keys::placement(&p.cell, &p.instance_id);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                Compare::mod_revision(placement.as_str(), CompareOp::Equal, *rev),
+            ])
+            .and_then([TxnOp::put(key.as_str(), env.to_bytes()?, None)]);
+        etcd.txn(txn).await.context("etcd txn (member env)")?;
+        tracing::info!(member = %p.member, "wrote the env of a member placed before member envs");
+    }
+    Ok(())
 }
 
 /// The fleet as the healer needs it, and the live cells' records.

@@ -8,6 +8,7 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::catalog::Parameters;
+use crate::cell::env::MemberEnv;
 use crate::etcd::{keys, store};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -184,6 +185,21 @@ pub async fn create(
     }
     let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then(ops);
     Ok(client.txn(txn).await.context("etcd txn (create instance)")?.succeeded())
+}
+
+/// What each member of instance `id` is given with its placement: the
+/// instance's passwords (made now if they are not yet) and the settings fixed
+/// at provisioning. `None`: the instance has no spec (not the broker's).
+pub async fn member_env(client: &mut Client, id: &str) -> anyhow::Result<Option<MemberEnv>> {
+    let Some((spec, _)) = store::get_json::<InstanceSpec>(client, &keys::spec(id)).await? else { return Ok(None) };
+    let secrets = store::ensure_secrets(client, id).await?;
+    let restore = store::get_json(client, &keys::restore(id)).await?.map(|(r, _)| r);
+    Ok(Some(MemberEnv {
+        secrets,
+        archive_timeout: spec.parameters.archive_timeout,
+        require_tls: spec.parameters.tls_required(),
+        restore,
+    }))
 }
 
 /// Starts a new operation, only if the one read (`prev`) is still the last one

@@ -73,8 +73,8 @@ pub async fn move_leader(client: &mut Client, p: &store::Placement) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let Some(me) = view.members.get(&p.member) else { anyhow::bail!("leader has no member key") };
-    let secrets = store::ensure_secrets(client, &p.instance_id).await?;
-    rest::switchover(&me.api_url, &secrets.admin, &p.member, Duration::from_secs(15)).await?;
+    let env = super::env::MemberEnv::read(client, &p.cell, &p.instance_id).await?;
+    rest::switchover(&me.api_url, &env.secrets.admin, &p.member, Duration::from_secs(15)).await?;
     for _ in 0..120 {
         let view = read_view(client, &p.scope).await?;
         if let Some(m) = view.primary().filter(|m| m.name != p.member) {

@@ -11,7 +11,6 @@ use crate::config::CellConfig;
 use crate::docker::{self, ContainerSpec};
 use crate::etcd::{Client, store};
 use crate::patroni::config::MemberConfig;
-use crate::pgbackrest::RestoreSpec;
 
 /// What every member operation on a cell needs; cheap to clone.
 #[derive(Clone)]
@@ -41,23 +40,17 @@ impl CellDeps {
     /// Renders the member's Patroni configuration into its directory (mode 0600:
     /// it holds the cluster's passwords).
     pub async fn write_patroni_config(&self, p: &store::Placement) -> anyhow::Result<()> {
-        let secrets = store::ensure_secrets(&mut self.etcd.clone(), &p.instance_id).await?;
+        let env = super::env::MemberEnv::read(&mut self.etcd.clone(), &self.cfg.name, &p.instance_id).await?;
         let timing = self.patroni_timing().await;
         // The instance may ask for a shorter archive timeout (broker parameter).
-        let spec: Option<serde_json::Value> =
-            store::get_json(&mut self.etcd.clone(), &crate::etcd::keys::spec(&p.instance_id)).await?.map(|(v, _)| v);
-        let timeout = spec.as_ref().and_then(|s| s["parameters"]["archive_timeout"].as_u64()).map(|t| t as u32);
         let backup_cfg = crate::config::BackupConfig {
-            archive_timeout_secs: timeout.unwrap_or(self.cfg.backup.archive_timeout_secs),
+            archive_timeout_secs: env.archive_timeout.unwrap_or(self.cfg.backup.archive_timeout_secs),
             ..self.cfg.backup.clone()
         };
         let backup = Some(&backup_cfg).filter(|b| b.enabled);
-        let restore: Option<RestoreSpec> =
-            store::get_json(&mut self.etcd.clone(), &crate::etcd::keys::restore(&p.instance_id)).await?.map(|(r, _)| r);
-        let require_tls = spec.as_ref().and_then(|s| s["parameters"]["require_tls"].as_bool()).unwrap_or(false);
         let rendered = MemberConfig {
             placement: p,
-            secrets: &secrets,
+            secrets: &env.secrets,
             etcd_hosts: &self.cfg.etcd_endpoints,
             etcd_proxies: self.cfg.etcd_proxies,
             advertise_host: &self.cfg.advertise_host,
@@ -65,7 +58,7 @@ impl CellDeps {
             timing: &timing,
             synchronous_mode: true,
             backup,
-            restore: restore.as_ref(),
+            restore: env.restore.as_ref(),
         }
         .render();
         // Everything the container reads or writes belongs to its (non-root)
@@ -74,7 +67,7 @@ impl CellDeps {
         let dir = self.member_dir(&p.member);
         super::files::prepare_member_dir(&dir, owner)?;
         let mut rendered = super::etcd_files::with_etcd_access(&self.cfg.etcd_access, &dir, rendered)?;
-        crate::patroni::ssl::add_tls(&mut rendered, require_tls);
+        crate::patroni::ssl::add_tls(&mut rendered, env.require_tls);
         // After `pgdata` exists: the key takes its owner.
         super::certs::ensure_member_certs(self, &p.member).await?;
         let yml = serde_json::to_string_pretty(&rendered)?;

@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod drain;
+pub mod env;
 pub mod etcd_files;
 pub mod files;
 pub mod machine;

@@ -130,11 +130,13 @@ pub async fn read(client: &mut Client) -> anyhow::Result<Fleet> {
 /// Reserves a slot for each wanted member (`cell` and instance set; slot and
 /// ports filled in here) against `fleet`, all in one transaction. `Ok(None)`:
 /// the fleet changed since it was read (another placement won a chosen cell,
-/// or a cell re-registered); read again and choose again.
+/// or a cell re-registered); read again and choose again. Each member's `env`
+/// (`keys::member_env`) is written with its placement.
 pub async fn reserve(
     client: &mut Client,
     fleet: &Fleet,
     wants: Vec<Placement>,
+    env: &[u8],
 ) -> anyhow::Result<Option<Vec<Placement>>> {
     let mut compares = vec![];
     let mut puts = vec![];
@@ -159,6 +161,7 @@ pub async fn reserve(
         puts.extend([
             TxnOp::put(key.as_str(), serde_json::to_vec(&want)?, None),
             TxnOp::put(slot_key.as_str(), want.member.as_str(), None),
+            TxnOp::put(keys::member_env(&want.cell, &want.instance_id), env, None),
         ]);
         placed.push(want);
     }

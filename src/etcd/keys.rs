@@ -5,14 +5,16 @@
 //! | `/pgcell/cells/<cell>` | [`CellRecord`](super::store::CellRecord) JSON, on the cell's lease | cell agent |
 //! | `/pgcell/placements/<cell>/<id>` | [`Placement`](super::store::Placement) JSON | per-cell API / broker |
 //! | `/pgcell/ports/<cell>/<slot>` | member name holding the slot | same txn as the placement |
-//! | `/pgcell/instances/<id>/secrets` | [`Secrets`](super::store::Secrets) JSON | first member's txn |
+//! | `/pgcell/instances/<id>/secrets` | [`Secrets`](super::store::Secrets) JSON | broker, before placing |
 //! | `/pgcell/instances/<id>/router_port` | the instance's router port (decimal) | same txn as the port claim |
 //! | `/pgcell/instances/<id>/spec` | broker's instance spec (service, plan, parameters) | broker txn |
 //! | `/pgcell/instances/<id>/operation` | the instance's last operation and its progress | broker |
 //! | `/pgcell/instances/<id>/bindings/<bid>` | a binding (role name, password) | broker txn |
 //! | `/pgcell/router_ports/<port>` | instance id holding the router port (what routers read: their role never reaches `instances/`) | allocator txn |
 //! | `/pgcell/instances/<id>/restore` | the restore a clone bootstraps from (`pgbackrest::RestoreSpec` JSON) | broker txn (provision) |
-//! | `/pgcell/instances/<id>/backup_request` | a backup asked for now | broker, `pgcell backup` |
+//! | `/pgcell/backup_requests/<id>` | a backup asked for now | broker, `pgcell backup`; cleared by the leader's cell |
+//! | `/pgcell/member_env/<cell>/<id>` | `cell::env::MemberEnv` JSON: the member's passwords and fixed settings | placement txn (broker, per-cell API); deleted with the placement |
+//! | `/pgcell/seed/<id>/secrets`, `.../router_port` | a seed instance's (per-cell API) secrets and router port | its cells |
 //! | `/pgcell/backups/<id>` | the instance's backup state; outlives the instance | the cell of its leader |
 //! | `/pgcell/routers/<name>` | [`RouterRecord`](super::store::RouterRecord) JSON, on the router's lease | router |
 //! | `/pgcell/tls/ca` | the generated fleet CA: certificate and **private key** (`tls::certs::CaPair` JSON); secret, never for routers | first cell or broker, put-if-absent (only without `tls.ca_cert_file`) |
@@ -87,8 +89,45 @@ pub fn restore(instance: &str) -> String {
     format!("{ROOT}instances/{instance}/restore")
 }
 
+/// Outside `instances/`: the cell that leads the instance reads and clears it.
 pub fn backup_request(instance: &str) -> String {
-    format!("{ROOT}instances/{instance}/backup_request")
+    format!("{ROOT}backup_requests/{instance}")
+}
+
+pub fn backup_requests() -> String {
+    format!("{ROOT}backup_requests/")
+}
+
+/// What one member needs from its instance (passwords, settings fixed at
+/// provisioning): written with its placement, readable by its cell alone.
+pub fn member_env(cell: &str, instance: &str) -> String {
+    format!("{ROOT}member_env/{cell}/{instance}")
+}
+
+pub fn member_envs() -> String {
+    format!("{ROOT}member_env/")
+}
+
+pub fn cell_member_envs(cell: &str) -> String {
+    format!("{ROOT}member_env/{cell}/")
+}
+
+/// A seed instance's own keys (made through the per-cell API, which has no
+/// broker): shared by its cells, never under `instances/`.
+pub fn seed_instance(instance: &str) -> String {
+    format!("{ROOT}seed/{instance}/")
+}
+
+pub fn seed_instances() -> String {
+    format!("{ROOT}seed/")
+}
+
+pub fn seed_secrets(instance: &str) -> String {
+    format!("{ROOT}seed/{instance}/secrets")
+}
+
+pub fn seed_router_port(instance: &str) -> String {
+    format!("{ROOT}seed/{instance}/router_port")
 }
 
 /// Backup states: outside `instances/` so that deprovisioning keeps them

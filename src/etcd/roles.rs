@@ -74,20 +74,20 @@ pub fn router() -> Vec<Grant> {
     ]
 }
 
-/// A cell: its own record, placements and port slots; Patroni's tree (its
-/// members' Patroni runs as this user); what its members need.
+/// A cell: its own record, placements, port slots and members' envs (the only
+/// passwords it reads: its own members'); Patroni's tree (its members' Patroni
+/// runs as this user). Never another instance's keys under `instances/`.
 pub fn cell(cell: &str) -> Vec<Grant> {
     vec![
         rw(Key(keys::cell(cell)), "its record, on its lease"),
         rw(Prefix(keys::cell_placements(cell)), "its placements (per-cell API, member removal)"),
         rw(Prefix(keys::cell_ports(cell)), "its port slots, in the placement's transaction"),
+        rw(Prefix(keys::cell_member_envs(cell)), "its members' passwords and settings, removed with the placement"),
         rw(Prefix(keys::PATRONI_NAMESPACE.into()), "Patroni of its members; ending a dead leader's lock; drain"),
-        rw(
-            Prefix(keys::instances()),
-            "secrets (created by the first member), spec, restore, backup requests, seed instances' keys",
-        ),
+        rw(Prefix(keys::seed_instances()), "seed instances (per-cell API): secrets and router port"),
         rw(Prefix(keys::router_ports()), "router ports of instances made through the per-cell API"),
         rw(Prefix(keys::backups()), "backup state of the instances it leads, expiry"),
+        rw(Prefix(keys::backup_requests()), "backups asked for the instances it leads; a gone seed instance's"),
         read(Prefix(keys::cells()), "the fleet (drain, placement checks)"),
         read(Prefix(keys::placements()), "the other members of its instances (drain, last-member check)"),
         read(Prefix(keys::routers()), "router hosts: names in its members' server certificates"),
@@ -101,6 +101,8 @@ pub fn broker() -> Vec<Grant> {
     vec![
         rw(Prefix(keys::instances()), "specs, operations, secrets, bindings, restores, backup requests"),
         rw(Prefix(keys::placements()), "places and moves members"),
+        rw(Prefix(keys::member_envs()), "each member's passwords and settings, with its placement"),
+        rw(Prefix(keys::backup_requests()), "backups asked for (`pgcell backup`, update parameter)"),
         rw(Prefix(keys::port_slots()), "port slots, in the placement's transaction"),
         rw(Prefix(keys::router_ports()), "router port allocation"),
         rw(Prefix(format!("{}deleted/", keys::ROOT)), "deprovisioned instances (410 Gone)"),
@@ -216,7 +218,10 @@ mod tests {
             assert!(!can_write(&a, &other), "cell a writes {other}");
         }
         assert!(can_write(&a, "/service/cf-5f0c/leader"), "its members' Patroni writes the leader key");
-        assert!(can_read(&a, &keys::secrets(ID)), "a cell renders its members' passwords");
+        assert!(can_write(&a, &keys::member_env("a", ID)), "a cell reads its members' passwords");
+        for secret in [keys::secrets(ID), keys::binding(ID, "b1"), keys::spec(ID), keys::member_env("b", ID)] {
+            assert!(!can_read(&a, &secret), "cell a reads {secret}");
+        }
         assert!(!can_write(&a, &keys::router("r")));
         assert!(can_read(&a, &keys::tls_ca()), "without tls.ca_cert_file, a cell signs with the CA kept in etcd");
     }
@@ -224,7 +229,9 @@ mod tests {
     #[test]
     fn the_broker_places_everywhere_but_registers_nothing() {
         let b = broker();
-        for k in [keys::placement("a", ID), keys::port_slot("b", 1), keys::binding(ID, "x"), keys::healer_lock()] {
+        let envs = keys::member_env("a", ID);
+        for k in [keys::placement("a", ID), keys::port_slot("b", 1), keys::binding(ID, "x"), keys::healer_lock(), envs]
+        {
             assert!(can_write(&b, &k), "broker cannot write {k}");
         }
         assert!(can_read(&b, &keys::cell("a")) && !can_write(&b, &keys::cell("a")));

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use super::keys;
 use crate::secret::random_password;
 
-/// The passwords of one cluster, generated once by whichever member comes
-/// first, so that every cell renders the same ones.
+/// The passwords of one cluster, generated once (by the broker before it
+/// places members; by the first cell for a seed instance) so that every cell
+/// renders the same ones.
 #[derive(Clone, Deserialize, Serialize, PartialEq)]
 pub struct Secrets {
     pub superuser: String,
@@ -168,25 +169,36 @@ pub async fn list_json<T: DeserializeOwned>(client: &mut Client, prefix: &str) -
         .collect())
 }
 
-/// Returns the cluster's secrets, creating them if this is the first member.
+/// Returns the cluster's secrets, creating them if they do not exist yet.
 pub async fn ensure_secrets(client: &mut Client, instance: &str) -> anyhow::Result<Secrets> {
-    let key = keys::secrets(instance);
+    ensure_secrets_at(client, &keys::secrets(instance)).await
+}
+
+/// Like [`ensure_secrets`], kept at `key` (a seed instance keeps them under `seed/`).
+pub async fn ensure_secrets_at(client: &mut Client, key: &str) -> anyhow::Result<Secrets> {
     let fresh = Secrets::generate();
     let txn = Txn::new()
-        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(key.as_str(), serde_json::to_vec(&fresh)?, None)])
-        .or_else([TxnOp::get(key.as_str(), None)]);
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key, serde_json::to_vec(&fresh)?, None)])
+        .or_else([TxnOp::get(key, None)]);
     let resp = client.txn(txn).await.context("etcd txn (secrets)")?;
     if resp.succeeded() {
         return Ok(fresh);
     }
-    get_json(client, &key).await?.map(|(s, _)| s).context("secrets vanished while being read")
+    get_json(client, key).await?.map(|(s, _)| s).context("secrets vanished while being read")
 }
 
 /// Places a member on a cell, taking the lowest free port slot; two callers can
 /// never take the same slot or place the same instance twice on one cell.
-pub async fn place_member(client: &mut Client, cell: &CellPorts, want: Placement) -> Result<Placed, PlaceError> {
-    place_with(client, cell, want, None).await
+/// `env` (the member's passwords and settings) is written in the same
+/// transaction, at `keys::member_env`: the cell never sees one without the other.
+pub async fn place_member(
+    client: &mut Client,
+    cell: &CellPorts,
+    want: Placement,
+    env: &[u8],
+) -> Result<Placed, PlaceError> {
+    place_with(client, cell, want, env, None).await
 }
 
 /// Like [`place_member`], and writes `record` (key, value) in the same
@@ -196,6 +208,7 @@ pub async fn place_with(
     client: &mut Client,
     cell: &CellPorts,
     mut want: Placement,
+    env: &[u8],
     record: Option<(&str, Vec<u8>)>,
 ) -> Result<Placed, PlaceError> {
     let key = keys::placement(&cell.cell, &want.instance_id);
@@ -218,6 +231,7 @@ pub async fn place_with(
         let mut ops = vec![
             TxnOp::put(key.as_str(), serde_json::to_vec(&want).map_err(anyhow::Error::from)?, None),
             TxnOp::put(slot_key.as_str(), want.member.as_str(), None),
+            TxnOp::put(keys::member_env(&cell.cell, &want.instance_id), env, None),
         ];
         if let Some((k, v)) = &record {
             if client.get(*k, None).await.context("etcd get (placement record)")?.count() > 0 {
@@ -252,12 +266,15 @@ impl Swap {
     }
 }
 
-/// Removes a placement and frees its port slot, if the placement is still the one read.
+/// Removes a placement, its member's env and its port slot, if the placement
+/// is still the one read.
 pub async fn remove_placement(client: &mut Client, p: &Placement, mod_rev: i64) -> anyhow::Result<Swap> {
     let key = keys::placement(&p.cell, &p.instance_id);
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev)])
-        .and_then([TxnOp::delete(key.as_str(), None), TxnOp::delete(keys::port_slot(&p.cell, p.slot), None)]);
+    let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev)]).and_then([
+        TxnOp::delete(key.as_str(), None),
+        TxnOp::delete(keys::member_env(&p.cell, &p.instance_id), None),
+        TxnOp::delete(keys::port_slot(&p.cell, p.slot), None),
+    ]);
     Ok(Swap::from_txn(client.txn(txn).await.context("etcd txn (remove placement)")?.succeeded()))
 }
 
@@ -315,10 +332,20 @@ pub async fn instance_cells(client: &mut Client, instance: &str) -> anyhow::Resu
 
 /// The instance's router port: the one it holds, or the lowest free one of
 /// `range`, claimed with a transaction so two allocators never hand out the same.
-pub async fn ensure_router_port(client: &mut Client, instance: &str, (first, last): (u16, u16)) -> anyhow::Result<u16> {
-    let key = keys::router_port(instance);
+pub async fn ensure_router_port(client: &mut Client, instance: &str, range: (u16, u16)) -> anyhow::Result<u16> {
+    ensure_router_port_at(client, &keys::router_port(instance), instance, range).await
+}
+
+/// Like [`ensure_router_port`], the instance's port kept at `key` (a seed
+/// instance keeps it under `seed/`).
+pub async fn ensure_router_port_at(
+    client: &mut Client,
+    key: &str,
+    instance: &str,
+    (first, last): (u16, u16),
+) -> anyhow::Result<u16> {
     for _ in 0..16 {
-        if let Some(port) = router_port_of(client, instance).await? {
+        if let Some(port) = router_port_at(client, key).await? {
             return Ok(port);
         }
         let (claimed, _) = get_prefix(client, &keys::router_ports()).await?;
@@ -330,10 +357,10 @@ pub async fn ensure_router_port(client: &mut Client, instance: &str, (first, las
         let claim = keys::router_port_claim(port);
         let txn = Txn::new()
             .when([
-                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                Compare::create_revision(key, CompareOp::Equal, 0),
                 Compare::create_revision(claim.as_str(), CompareOp::Equal, 0),
             ])
-            .and_then([TxnOp::put(key.as_str(), port.to_string(), None), TxnOp::put(claim.as_str(), instance, None)]);
+            .and_then([TxnOp::put(key, port.to_string(), None), TxnOp::put(claim.as_str(), instance, None)]);
         if client.txn(txn).await.context("etcd txn (router port)")?.succeeded() {
             return Ok(port);
         }
@@ -342,7 +369,11 @@ pub async fn ensure_router_port(client: &mut Client, instance: &str, (first, las
 }
 
 pub async fn router_port_of(client: &mut Client, instance: &str) -> anyhow::Result<Option<u16>> {
-    let resp = client.get(keys::router_port(instance), None).await.context("etcd get router port")?;
+    router_port_at(client, &keys::router_port(instance)).await
+}
+
+async fn router_port_at(client: &mut Client, key: &str) -> anyhow::Result<Option<u16>> {
+    let resp = client.get(key, None).await.context("etcd get router port")?;
     Ok(resp.kvs().first().and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()))
 }
 
@@ -352,10 +383,10 @@ pub async fn router_port_of(client: &mut Client, instance: &str) -> anyhow::Resu
 pub async fn forget_seed_instance_if_last(client: &mut Client, last: &Placement) -> anyhow::Result<()> {
     let id = &last.instance_id;
     let others = instance_cells(client, id).await?.into_iter().any(|c| c != last.cell);
-    let has_spec = client.get(keys::spec(id), None).await.context("etcd get spec")?.count() > 0;
-    if !others && !has_spec {
+    let seed = client.get(keys::seed_secrets(id), None).await.context("etcd get seed secrets")?.count() > 0;
+    if !others && seed {
         mark_backups_deleted(client, id).await?;
-        delete_instance_keys(client, id).await?;
+        delete_keys(client, id, &keys::seed_instance(id)).await?;
         tracing::info!(instance = %id, "last member removed; cluster keys deleted");
     }
     Ok(())
@@ -381,11 +412,17 @@ pub async fn mark_backups_deleted(client: &mut Client, instance: &str) -> anyhow
     Ok(())
 }
 
-/// Deletes an instance's own keys (its router port claim included) and its
-/// Patroni cluster's keys: nothing else.
+/// Deletes an instance's own keys (its router port claim and backup request
+/// included) and its Patroni cluster's keys: nothing else.
 pub async fn delete_instance_keys(client: &mut Client, instance: &str) -> anyhow::Result<()> {
+    delete_keys(client, instance, &keys::instance(instance)).await
+}
+
+/// [`delete_instance_keys`] for an instance whose own keys (its router port
+/// at `<prefix>router_port` among them) are under `prefix`.
+async fn delete_keys(client: &mut Client, instance: &str, prefix: &str) -> anyhow::Result<()> {
     let opts = || Some(etcd_client::DeleteOptions::new().with_prefix());
-    if let Some(port) = router_port_of(client, instance).await? {
+    if let Some(port) = router_port_at(client, &format!("{prefix}router_port")).await? {
         let claim = keys::router_port_claim(port);
         // Only our own claim: compare its value before deleting it.
         let txn = Txn::new()
@@ -393,7 +430,8 @@ pub async fn delete_instance_keys(client: &mut Client, instance: &str) -> anyhow
             .and_then([TxnOp::delete(claim.as_str(), None)]);
         client.txn(txn).await.context("etcd txn (release router port)")?;
     }
-    client.delete(keys::instance(instance), opts()).await.context("etcd delete instance keys")?;
+    client.delete(keys::backup_request(instance), None).await.context("etcd delete backup request")?;
+    client.delete(prefix, opts()).await.context("etcd delete instance keys")?;
     client
         .delete(keys::patroni_scope(&crate::names::scope(instance)), opts())
         .await

@@ -12,6 +12,7 @@ use super::auth::Authorized;
 use super::osb::{OsbError, parse_json, read_body};
 use crate::actors::cell::{CellActor, EnsureMember, FailChild, GetActors, GetMemberRoles, PurgeMember};
 use crate::actors::{ActorKind, ActorState};
+use crate::cell::env::MemberEnv;
 use crate::cell::member::CellDeps;
 use crate::etcd::store::{self, CellPorts, PlaceError, Placed, Placement};
 use crate::etcd::{Client, keys};
@@ -113,7 +114,24 @@ async fn provision(
         purge: false,
     };
     let ports = CellPorts::new(&cfg.name, cfg.ports().map_err(OsbError::internal)?, cfg.capacity);
-    let placed = match store::place_member(&mut etcd, &ports, want.clone()).await {
+    // A seed instance's passwords are shared by its cells under `seed/<id>/`;
+    // members of a broker's instance are the broker's to place.
+    let seed = etcd.get(keys::seed_secrets(&id), None).await.map_err(OsbError::internal)?.count() > 0;
+    let elsewhere = store::instance_cells(&mut etcd, &id).await.map_err(OsbError::internal)?;
+    if !seed && !elsewhere.is_empty() {
+        return Err(OsbError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "instance {id} is a broker's instance (members on {}); change it through the broker",
+                elsewhere.join(", ")
+            ),
+        ));
+    }
+    let secrets = store::ensure_secrets_at(&mut etcd, &keys::seed_secrets(&id))
+        .await
+        .map_err(|e| OsbError::internal(format!("{e:#}")))?;
+    let env = MemberEnv::seed(secrets).to_bytes().map_err(OsbError::internal)?;
+    let placed = match store::place_member(&mut etcd, &ports, want.clone(), &env).await {
         Ok(p) => p,
         Err(PlaceError::NoCapacity(cell)) => {
             return Err(OsbError::new(
@@ -131,7 +149,7 @@ async fn provision(
         Placed::Created(p) => (p, StatusCode::CREATED),
     };
     let router_range = crate::config::parse_port_range(&cfg.router_port_range).map_err(OsbError::internal)?;
-    let router_port = store::ensure_router_port(&mut etcd, &id, router_range)
+    let router_port = store::ensure_router_port_at(&mut etcd, &keys::seed_router_port(&id), &id, router_range)
         .await
         .map_err(|e| OsbError::internal(format!("{e:#}")))?;
     tracing::info!(instance = %id, member = %placement.member, pg_port = placement.pg_port, router_port, "member placed");

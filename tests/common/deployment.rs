@@ -226,11 +226,22 @@ impl Deployment {
         url
     }
 
+    /// One of an instance's own keys (`secrets`, `router_port`): a broker's
+    /// instance keeps them under `instances/`, a seed instance under `seed/`.
+    async fn instance_value(&self, id: &str, leaf: &str) -> Vec<u8> {
+        let mut c = self.etcd.client().await;
+        for root in ["instances", "seed"] {
+            let resp = c.get(format!("/pgcell/{root}/{id}/{leaf}"), None).await.unwrap();
+            if let Some(kv) = resp.kvs().first() {
+                return kv.value().to_vec();
+            }
+        }
+        panic!("instance {id} has no {leaf}")
+    }
+
     /// The router port of an instance, from etcd.
     pub async fn router_port(&self, id: &str) -> u16 {
-        let mut c = self.etcd.client().await;
-        let resp = c.get(format!("/pgcell/instances/{id}/router_port"), None).await.unwrap();
-        resp.kvs()[0].value_str().unwrap().parse().unwrap()
+        String::from_utf8(self.instance_value(id, "router_port").await).unwrap().parse().unwrap()
     }
 
     /// The member Patroni names leader of instance `id`.
@@ -247,9 +258,7 @@ impl Deployment {
 
     /// The instance's secrets, as JSON.
     pub async fn secrets(&self, id: &str) -> serde_json::Value {
-        let mut c = self.etcd.client().await;
-        let resp = c.get(format!("/pgcell/instances/{id}/secrets"), None).await.unwrap();
-        serde_json::from_slice(resp.kvs()[0].value()).unwrap()
+        serde_json::from_slice(&self.instance_value(id, "secrets").await).unwrap()
     }
 
     /// `pgcell <args>` against this deployment's etcd.
@@ -280,9 +289,7 @@ impl Deployment {
 
     /// The superuser URL of a member port of instance `id`.
     pub async fn superuser_url(&self, id: &str, port: u16) -> String {
-        let mut c = self.etcd.client().await;
-        let resp = c.get(format!("/pgcell/instances/{id}/secrets"), None).await.unwrap();
-        let v: serde_json::Value = serde_json::from_slice(resp.kvs()[0].value()).unwrap();
+        let v = self.secrets(id).await;
         format!("postgres://postgres:{}@127.0.0.1:{port}/postgres", v["superuser"].as_str().unwrap())
     }
 
