@@ -113,4 +113,12 @@ async fn every_daemon_on_its_own_role_over_tls() {
     for cell in &d.cells {
         assert!(!cell.log().contains("permission denied"), "{}: {}", cell.name, cell.log());
     }
+    // Cell B taken out of the fleet: applying the roles without it removes its user and role.
+    let a_name = d.cells[0].name.clone();
+    d.etcd.enable_auth(pgcell_bin(), std::slice::from_ref(&a_name));
+    let (ok, users) = d.etcd.etcdctl(Some("root"), true, &["user", "list"]);
+    assert!(ok && users.contains(&format!("pgcell-cell-{a_name}")), "{users}");
+    assert!(!users.contains(&format!("pgcell-cell-{b}")), "cell B's user kept: {users}");
+    let (ok, roles) = d.etcd.etcdctl(Some("root"), true, &["role", "list"]);
+    assert!(ok && !roles.contains(&format!("pgcell-cell-{b}")), "cell B's role kept: {roles}");
 }

@@ -65,11 +65,28 @@ pub async fn apply(
         roles::apply(&mut client, name, password, grants).await?;
         super::say(format_args!("{name}: {} grants", grants.len()));
     }
+    let existing = client.user_list().await.context("etcd user list")?;
+    let wanted: Vec<&str> = users.iter().map(|(u, _, _)| u.as_str()).collect();
+    for name in stale_cell_users(existing.users(), &wanted) {
+        client.user_delete(name.as_str()).await.with_context(|| format!("etcd user delete {name}"))?;
+        let roles = client.role_list().await.context("etcd role list")?;
+        if roles.roles().contains(&name) {
+            client.role_delete(name.as_str()).await.with_context(|| format!("etcd role delete {name}"))?;
+        }
+        super::say(format_args!("{name}: removed (its cell is not in --cell)"));
+    }
     if !auth_was_on {
         client.auth_enable().await.context("etcd auth enable")?;
         super::say(format_args!("authentication enabled"));
     }
     Ok(())
+}
+
+/// Cell users etcd has that the list does not: a cell taken out of the fleet
+/// keeps no access. Users pgcell did not make are never touched.
+fn stale_cell_users(existing: &[String], wanted: &[&str]) -> Vec<String> {
+    let prefix = roles::cell_user("");
+    existing.iter().filter(|u| u.starts_with(&prefix) && !wanted.contains(&u.as_str())).cloned().collect()
 }
 
 #[cfg(test)]
@@ -90,5 +107,15 @@ mod tests {
         let err = plan(&["cell-b".into()], &env).unwrap_err().to_string();
         assert!(err.contains("PGCELL_ETCD_CELL_PASSWORD_CELL_B is not set"), "{err}");
         assert!(plan(&["a/b".into()], &env).is_err());
+    }
+
+    #[test]
+    fn only_cell_users_missing_from_the_list_are_stale() {
+        let existing: Vec<String> = ["root", "pgcell-broker", "pgcell-router", "pgcell-cell-a", "pgcell-cell-b", "ops"]
+            .map(String::from)
+            .into();
+        let wanted = ["pgcell-broker", "pgcell-router", "pgcell-cell-a"];
+        assert_eq!(stale_cell_users(&existing, &wanted), ["pgcell-cell-b"]);
+        assert!(stale_cell_users(&existing, &["pgcell-cell-a", "pgcell-cell-b"]).is_empty());
     }
 }

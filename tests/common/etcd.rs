@@ -278,7 +278,9 @@ impl Etcd {
         let password = |u: &str| format!("{u}-pw-{}", free_port());
         let mut users = vec!["root".to_string(), "pgcell-broker".into(), "pgcell-router".into()];
         users.extend(cells.iter().map(|c| format!("pgcell-cell-{c}")));
-        let passwords: HashMap<String, String> = users.iter().map(|u| (u.clone(), password(u))).collect();
+        // A second run (fewer cells) keeps the passwords it set.
+        let passwords: HashMap<String, String> =
+            users.iter().map(|u| (u.clone(), self.passwords.get(u).cloned().unwrap_or_else(|| password(u)))).collect();
         let mut cmd = Command::new(pgcell);
         cmd.args(["etcd-roles", "apply"]).env("PGCELL_ETCD_ENDPOINTS", self.endpoints());
         for c in cells {
@@ -288,7 +290,8 @@ impl Etcd {
         }
         cmd.env("PGCELL_ETCD_BROKER_PASSWORD", &passwords["pgcell-broker"]);
         cmd.env("PGCELL_ETCD_ROUTER_PASSWORD", &passwords["pgcell-router"]);
-        self.passwords = HashMap::from([("root".to_string(), passwords["root"].clone())]);
+        let root_password = passwords["root"].clone();
+        self.passwords.insert("root".to_string(), root_password);
         cmd.envs(self.access_env("root"));
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "pgcell etcd-roles apply: {}", String::from_utf8_lossy(&out.stderr));
