@@ -150,6 +150,11 @@ fn bosh_templates_render_into_valid_configs() {
     assert!(drain.contains("PGCELL_ETCD_USERNAME=pgcell-cell-cell-1"), "{drain}");
     let etcd = read(out, "locked-etcd/etcd/config/etcd.yml");
     assert!(etcd.contains("client-cert-auth: true") && etcd.contains("https://10.244.0.2:2379"), "{etcd}");
+    // Peers on TLS with certificates of the same CA: the replication stream is not readable on the network.
+    assert!(etcd.contains("peer-transport-security:") && etcd.contains("https://10.244.0.2:2380"), "{etcd}");
+    assert_eq!(read(out, "locked-etcd/etcd/config/tls/peer.key").trim(), "PEER KEY");
+    let open = read(out, "own-etcd/etcd/config/etcd.yml");
+    assert!(!open.contains("peer-transport-security") && open.contains("http://"), "{open}");
     let post_start = read(out, "locked-etcd/etcd/bin/post-start");
     assert!(post_start.contains("etcd-roles apply --cell cell-1"), "{post_start}");
     assert!(post_start.contains(r"PGCELL_ETCD_CELL_PASSWORD_CELL_1=cell\ \'one\'\ pw"), "{post_start}");
