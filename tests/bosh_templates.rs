@@ -81,7 +81,7 @@ fn bosh_templates_render_into_valid_configs() {
 
     let mut found = Vec::new();
     toml_files(out, &mut found);
-    assert_eq!(found.len(), 9, "cell, router and broker in three scenarios: {found:?}");
+    assert_eq!(found.len(), 10, "cell, router and broker in three scenarios, a cell in a fourth: {found:?}");
     for path in &found {
         let text = std::fs::read_to_string(path).unwrap();
         if let Err(e) = toml::from_str::<toml::Table>(&text) {
@@ -159,6 +159,24 @@ fn bosh_templates_render_into_valid_configs() {
     assert!(post_start.contains("etcd-roles apply --cell cell-1"), "{post_start}");
     assert!(post_start.contains(r"PGCELL_ETCD_CELL_PASSWORD_CELL_1=cell\ \'one\'\ pw"), "{post_start}");
     assert!(read(out, "own-etcd/etcd/bin/post-start").contains("exit 0"), "no root password: no role setup");
+    // One key for a group of cells: each cell (here cell-1, spec.index 1) its own user, the
+    // password derived alike by the cell and by the etcd job's role setup, rendered nowhere else.
+    let keyed = cell(out, "keyed-etcd");
+    let (user, password) = keyed.etcd_access.user().expect("a user from the key");
+    assert_eq!(user, "pgcell-cell-cell-1");
+    assert!(password.len() == 64 && password.chars().all(|c| c.is_ascii_hexdigit()), "{password}");
+    let roles = read(out, "keyed-etcd/etcd/bin/post-start");
+    assert!(roles.contains(&format!("PGCELL_ETCD_CELL_PASSWORD_CELL_1={password}")), "{roles}");
+    assert!(roles.contains("PGCELL_ETCD_CELL_PASSWORD_CELL_2=given-pw"), "{roles}");
+    let cell0 = roles.lines().find(|l| l.contains("PASSWORD_CELL_0=")).unwrap();
+    assert!(!cell0.contains(password), "two cells with one password: {cell0}");
+    assert!(roles.contains("--cell cell-0 --cell cell-1 --cell cell-2"), "{roles}");
+    let drain = read(out, "keyed-etcd/pgcell-cell/bin/drain");
+    assert!(
+        drain.contains(&format!("PGCELL_ETCD_USERNAME=pgcell-cell-cell-1 PGCELL_ETCD_PASSWORD={password}")),
+        "{drain}"
+    );
+    assert!(!read(out, "keyed-etcd/pgcell-cell/config/cell.toml").contains("cells' key"), "the key itself rendered");
     // HTTPS: with a certificate in the manifest the broker and the per-cell API
     // get it as files and serve HTTPS; without one they stay plain HTTP.
     let c = cell(out, "own-etcd");

@@ -92,6 +92,10 @@ pub fn cell(cell: &str) -> Vec<Grant> {
         read(Prefix(keys::placements()), "the other members of its instances (drain, last-member check)"),
         read(Prefix(keys::routers()), "router hosts: names in its members' server certificates"),
         rw(Key(keys::tls_ca()), "the generated fleet CA: signs its members' certificates (none with tls.ca_cert_file)"),
+        rw(Key(keys::retiring(cell)), "its retirement (BOSH drain when its VM is deleted: `pgcell cells retire`)"),
+        read(Prefix(keys::retirings()), "the healer's plan, checked before retiring"),
+        read(Prefix(keys::losts()), "the healer's plan, checked before retiring"),
+        read(Prefix(keys::replacements()), "the healer's plan; progress of its retirement"),
     ]
 }
 
@@ -223,6 +227,7 @@ mod tests {
             assert!(!can_read(&a, &secret), "cell a reads {secret}");
         }
         assert!(!can_write(&a, &keys::router("r")));
+        assert!(can_write(&a, &keys::retiring("a")) && !can_write(&a, &keys::retiring("b")), "its drain retires it");
         assert!(can_read(&a, &keys::tls_ca()), "without tls.ca_cert_file, a cell signs with the CA kept in etcd");
     }
 
