@@ -23,8 +23,7 @@ pub async fn serve(cfg: BrokerConfig, listener: std::net::TcpListener) -> anyhow
     // The fleet CA: instances are reached over TLS verified against it, and bindings hand it out.
     let ca = crate::etcd::ca::fleet_ca(&mut etcd.clone(), &cfg.tls).await.context("the fleet CA")?;
     crate::broker::sql::trust_fleet_ca(&ca.cert_pem)?;
-    let creds =
-        web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.expose().to_string() });
+    let creds = web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.clone() });
     tracing::info!(broker = %cfg.name, listen = %listener.local_addr()?, https = tls.is_some(), "broker running");
     let broker = Broker::new(etcd, cfg);
     actix_web::rt::spawn(crate::broker::driver::run(broker.clone()));

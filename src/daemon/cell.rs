@@ -36,7 +36,7 @@ pub async fn serve(cfg: CellConfig, listener: std::net::TcpListener) -> anyhow::
         capacity: cfg.capacity,
         zone: cfg.zone.clone(),
     };
-    let creds = Credentials { username: cfg.api_username.clone(), password: cfg.api_password.expose().to_string() };
+    let creds = Credentials { username: cfg.api_username.clone(), password: cfg.api_password.clone() };
     let deps = CellDeps { cfg: Arc::new(cfg), docker, etcd: etcd.clone() };
     crate::actors::supervise::install_panic_hook();
     let (lifeline, root_ended) =

@@ -66,8 +66,7 @@ pub async fn serve(mut cfg: RouterConfig, listener: std::net::TcpListener) -> an
     tracing::info!(router = %cfg.name, http = %addr, "router running");
 
     let state = web::Data::new(RouterHttp { actor, table, stats, failpoints: cfg.failpoints });
-    let creds =
-        web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.expose().to_string() });
+    let creds = web::Data::new(Credentials { username: cfg.username.clone(), password: cfg.password.clone() });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

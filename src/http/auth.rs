@@ -8,13 +8,14 @@ use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use base64::Engine;
 
 use super::osb::OsbError;
+use crate::config::Secret;
 use crate::secret::constant_time_eq;
 
-/// The credentials an HTTP server accepts.
-#[derive(Clone)]
+/// The credentials an HTTP server accepts (Debug hides the password).
+#[derive(Clone, Debug)]
 pub struct Credentials {
     pub username: String,
-    pub password: String,
+    pub password: Secret,
 }
 
 impl Credentials {
@@ -34,7 +35,7 @@ impl Credentials {
         };
         // Both compared, always, so timing does not tell which one was wrong.
         let user_ok = constant_time_eq(user, &self.username);
-        let pass_ok = constant_time_eq(pass, &self.password);
+        let pass_ok = constant_time_eq(pass, self.password.expose());
         user_ok & pass_ok
     }
 }
@@ -75,5 +76,7 @@ mod tests {
         assert!(!c.accepts(&basic("containers")));
         assert!(!c.accepts("Bearer x"));
         assert!(!c.accepts("Basic !!!"));
+        let d = Credentials { username: "u".into(), password: "hunter2".into() };
+        assert!(!format!("{d:?}").contains("hunter2"), "{d:?}");
     }
 }
