@@ -91,6 +91,14 @@ async fn every_daemon_on_its_own_role_over_tls() {
     let err = pgcell::etcd::connect(&endpoints, &wrong).await.err().expect("a wrong password is refused");
     assert!(format!("{err:#}").contains("authentication failed"), "{err:#}");
 
+    // The operator's drain (BOSH runs it as the cell's user) moves the leader
+    // away with the Patroni password from the cell's own member env.
+    let on = d.cells[d.cell_of("a1", &leader)].name.clone();
+    let (ok, out) = pgcell_as(&d, &format!("pgcell-cell-{on}"), &["drain", &on]);
+    assert!(ok, "pgcell drain {on} as its cell: {out}");
+    let moved = d.leader("a1").await;
+    assert!(moved.is_some() && moved.as_deref() != Some(leader.as_str()), "leader still {leader}: {out}");
+
     // Every daemon still at work: the router routes the leader, the broker unbinds.
     assert_eq!(psql(&uri, "select count(*) from t").unwrap(), "1");
     let q = format!("service_id={SERVICE_ID}&plan_id={}", plan_id("ha-2"));
@@ -113,6 +121,9 @@ async fn every_daemon_on_its_own_role_over_tls() {
     for cell in &d.cells {
         assert!(!cell.log().contains("permission denied"), "{}: {}", cell.name, cell.log());
     }
+    // A VM being deleted: BOSH's drain retires its cell, as the cell's user.
+    let (ok, out) = pgcell_as(&d, &a, &["cells", "retire", &d.cells[0].name, "--timeout", "30"]);
+    assert!(ok && out.contains("retiring"), "pgcell cells retire as {a}: {out}");
     // Cell B taken out of the fleet: applying the roles without it removes its user and role.
     let a_name = d.cells[0].name.clone();
     d.etcd.enable_auth(pgcell_bin(), std::slice::from_ref(&a_name));
@@ -121,4 +132,15 @@ async fn every_daemon_on_its_own_role_over_tls() {
     assert!(!users.contains(&format!("pgcell-cell-{b}")), "cell B's user kept: {users}");
     let (ok, roles) = d.etcd.etcdctl(Some("root"), true, &["role", "list"]);
     assert!(ok && !roles.contains(&format!("pgcell-cell-{b}")), "cell B's role kept: {roles}");
+}
+
+/// `pgcell <args>` as etcd user `user` (with the test client certificate): (success, stdout + stderr).
+fn pgcell_as(d: &Deployment, user: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(pgcell_bin())
+        .args(args)
+        .env("PGCELL_ETCD_ENDPOINTS", d.etcd.endpoints())
+        .envs(d.etcd.access_env(user))
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
