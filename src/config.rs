@@ -1,5 +1,6 @@
-//! Daemon configuration: a TOML file (every key optional, defaults below) with
-//! `PGCELL_*` environment overrides, then command-line flags on top.
+//! Daemon configuration: a TOML file (every key optional, defaults in each
+//! daemon's module) with `PGCELL_*` environment overrides, then command-line
+//! flags on top.
 
 mod backup;
 mod etcd_access;
