@@ -12,6 +12,9 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets --no-run
+# The demo's binary, where tests/local_cluster.rs looks for it: built inside
+# that test, cargo rebuilt the library, and every later test file relinked.
+cargo build --examples
 # Unit tests (and a build of the examples and benches).
 cargo test --lib --bins --examples -- --test-threads=1
 
