@@ -16,12 +16,14 @@ use common::*;
 
 /// Patroni's ttl (the plans' default).
 const TTL: Duration = Duration::from_secs(10);
-/// A hung leader is replaced after its lock expires (at most ttl after it hung;
-/// right after an etcd restart etcd adds its election timeout, 1 s, to every
-/// lease) plus Patroni's probe of its REST API in the leader race (0.5 s with
-/// the image's patch, 2 s upstream: a paused process never answers) plus the
-/// promotion. The target is ttl + 1 s (issue #15); the bound leaves room for a
-/// loaded CI host and the figures are printed (docs/measurements.md).
+/// A hung leader is replaced after its lock expires (at most ttl after it hung,
+/// plus etcd's 0.5 s lease sweep; right after an etcd restart etcd adds its
+/// election timeout, 1 s, to every lease) plus Patroni's probe of its REST API
+/// in the leader race (0.1 s with the image's patch, 2 s upstream: a paused
+/// process never answers) plus the promotion. The target is ttl + 1 s (issue
+/// #15); the bound leaves room for a loaded CI host, where etcd's own fsync
+/// stalls delay the lease's expiry by seconds, and the figures are printed
+/// (docs/measurements.md).
 const HUNG_LEADER_BOUND: Duration = Duration::from_secs(15);
 
 /// A writer through the router: one `insert` per psql call, each with a fresh id.
