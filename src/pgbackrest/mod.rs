@@ -105,9 +105,10 @@ pub const SPOOL: &str = "/var/lib/pgcell/spool";
 ///
 /// With a posix repository (mounted in the container) a file that is in
 /// neither the repository nor the archive-get queue is answered "not found"
-/// (exit 1) by the shell, without starting pgBackRest. A promotion asks for
-/// four such files (the segment being read, twice, the next timeline's history
-/// and the current one's): each pgBackRest `archive-get` costs 0.1-0.3 s, and
+/// (exit 1) by the shell, without starting pgBackRest. A promotion makes up to
+/// five such requests (the segment being read, twice, the next timeline's
+/// history, twice if it was streaming, and the current timeline's, which is
+/// absent on timeline 1): each pgBackRest `archive-get` costs 0.1-0.3 s, and
 /// up to 1.3 s on a loaded host (the async queue is polled with growing sleeps),
 /// all of it between the promote request and the first write (docs/decisions.md,
 /// issue #15). The check is one-sided: any file of that name in any archive id
