@@ -16,12 +16,14 @@ use common::*;
 
 /// Patroni's ttl (the plans' default).
 const TTL: Duration = Duration::from_secs(10);
-/// A hung leader is replaced after its lock expires (at most ttl after it hung;
-/// right after an etcd restart etcd adds its election timeout, 1 s, to every
-/// lease) plus Patroni's probe of its REST API in the leader race (0.5 s with
-/// the image's patch, 2 s upstream: a paused process never answers) plus the
-/// promotion. The target is ttl + 1 s (issue #15); the bound leaves room for a
-/// loaded CI host and the figures are printed (docs/measurements.md).
+/// A hung leader is replaced after its lock expires (at most ttl after it hung,
+/// plus etcd's 0.5 s lease sweep; right after an etcd restart etcd adds its
+/// election timeout, 1 s, to every lease) plus Patroni's probe of its REST API
+/// in the leader race (0.1 s with the image's patch, 2 s upstream: a paused
+/// process never answers) plus the promotion. The target is ttl + 1 s (issue
+/// #15); the bound leaves room for a loaded CI host, where etcd's own fsync
+/// stalls delay the lease's expiry by seconds, and the figures are printed
+/// (docs/measurements.md).
 const HUNG_LEADER_BOUND: Duration = Duration::from_secs(15);
 
 /// A writer through the router: one `insert` per psql call, each with a fresh id.
@@ -112,6 +114,12 @@ fn patroni_log_count(d: &Deployment, what: &str) -> usize {
             text.matches(what).count()
         })
         .sum()
+}
+
+/// The time of day (UTC), printed with the figures so that they can be read
+/// beside the members' logs (`docker logs -t`).
+fn utc_now() -> time::Time {
+    time::OffsetDateTime::now_utc().time()
 }
 
 /// Waits until etcd member `i` serves a (linearizable) read; returns when.
@@ -272,14 +280,14 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_lead
         tokio::time::sleep(Duration::from_secs(delay).saturating_sub(back.elapsed())).await;
         let replica = d.superuser_url("1", d.member_port("1", new_cell).await).await;
         let frozen = Paused::new(&format!("pgcell-{leader}"));
-        let paused = Instant::now();
+        let (paused, paused_at) = (Instant::now(), utc_now());
         let gone = lock_gone(d.etcd.endpoint.clone(), leader.clone());
         wait_writable(&replica, 1_000_000_000 * (delay as i64)).await;
         let took = paused.elapsed();
         took_all.push(took.as_secs_f64());
         let expired = gone.join().unwrap().map_or(f64::NAN, |g| (g - paused).as_secs_f64());
         eprintln!(
-            "etcd back, leader paused {delay} s later: replica writable {:.2} s after the pause (lock gone after {expired:.2} s)",
+            "etcd back, leader paused {delay} s later (at {paused_at} UTC): replica writable {:.2} s after the pause (lock gone after {expired:.2} s)",
             took.as_secs_f64()
         );
         // Promoted, its old leader hung: no failover candidate, and pgcell says so.
@@ -371,13 +379,13 @@ async fn a_leader_cut_off_alone_is_replaced_at_ttl_and_rejoins() {
     let e0_port: u16 = e0.rsplit(':').next().unwrap().parse().unwrap();
 
     let cut = Cut::ports(&uid, &[e0_port, b_api, a_api]);
-    let t0 = Instant::now();
+    let (t0, cut_at) = (Instant::now(), utc_now());
     let gone = lock_gone(d.etcd.member_endpoint(1), leader.clone());
     wait_writable(&d.superuser_url("1", b_pg).await, 2_000_000_000).await;
     let took = t0.elapsed();
     let expired = gone.join().unwrap().map_or(f64::NAN, |g| (g - t0).as_secs_f64());
     eprintln!(
-        "leader cut off alone: replica writable {:.2} s after the cut (its lock gone after {expired:.2} s)",
+        "leader cut off alone (at {cut_at} UTC): replica writable {:.2} s after the cut (its lock gone after {expired:.2} s)",
         took.as_secs_f64()
     );
     assert_ne!(d.leader("1").await.as_deref(), Some(leader.as_str()), "the cut-off leader kept the lock");

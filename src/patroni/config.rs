@@ -113,7 +113,7 @@ impl MemberConfig<'_> {
         params["archive_command"] = pgbackrest::archive_command(stanza).into();
         params["archive_timeout"] = format!("{}s", b.wal_switch_secs()).into();
         let pg = &mut v["postgresql"];
-        pg["recovery_conf"] = json!({"restore_command": pgbackrest::restore_command(stanza)});
+        pg["recovery_conf"] = json!({"restore_command": pgbackrest::restore_command(stanza, b)});
         // A replica comes from the latest backup plus WAL when one exists (no
         // load on the primary); without one, pgbackrest fails and Patroni
         // takes a base backup from the leader.
@@ -128,7 +128,7 @@ impl MemberConfig<'_> {
             v["bootstrap"]["pgbackrest_restore"] = json!({
                 "command": r.command(),
                 "no_params": true,
-                "recovery_conf": r.recovery_conf(),
+                "recovery_conf": r.recovery_conf(b),
             });
         }
     }

@@ -26,7 +26,7 @@ pub fn render_conf(cfg: &BackupConfig, stanza: &str, pg_port: u16) -> String {
          compress-level=3\n\
          archive-async=y\n\
          archive-push-queue-max={queue}\n\
-         spool-path=/var/lib/pgcell/spool\n\
+         spool-path={SPOOL}\n\
          log-path=/var/lib/pgcell/pgbackrest-log\n\
          log-level-console=warn\n\
          log-level-file=info\n\
@@ -97,10 +97,40 @@ pub fn archive_command(stanza: &str) -> String {
     format!("pgbackrest --stanza={stanza} archive-push %p")
 }
 
+/// pgBackRest's spool (the archive-get queue is `archive/<stanza>/in/` in it).
+pub const SPOOL: &str = "/var/lib/pgcell/spool";
+
 /// PostgreSQL's `restore_command` for WAL of `stanza` (a clone's source names
 /// its data directory: the file's stanza section is the member's own).
-pub fn restore_command(stanza: &str) -> String {
-    format!("pgbackrest --stanza={stanza} --pg1-path={PGDATA} archive-get %f \"%p\"")
+///
+/// With a posix repository (mounted in the container) a file that is in
+/// neither the repository nor the archive-get queue is answered "not found"
+/// (exit 1) by the shell, without starting pgBackRest. A promotion makes up to
+/// five such requests (the segment being read, twice, the next timeline's
+/// history, twice if it was streaming, and the current timeline's, which is
+/// absent on timeline 1): each pgBackRest `archive-get` costs 0.1-0.3 s, and
+/// up to 1.3 s on a loaded host (the async queue is polled with growing sleeps),
+/// all of it between the promote request and the first write (docs/decisions.md,
+/// issue #15). The check is one-sided: any file of that name in any archive id
+/// of the stanza (pgBackRest's layout: `archive/<stanza>/<id>/<name>` for a
+/// history file, `archive/<stanza>/<id>/<first 16 chars>/<name>-<sha1>[.ext]`
+/// for a segment), or in the queue, goes to pgBackRest as before, and so does
+/// everything when the stanza's `archive.info` cannot be read. S3: pgBackRest
+/// always.
+pub fn restore_command(stanza: &str, cfg: &BackupConfig) -> String {
+    let get = format!("pgbackrest --stanza={stanza} --pg1-path={PGDATA} archive-get %f \"%p\"");
+    if cfg.is_s3() {
+        return get;
+    }
+    posix_restore_command(stanza, REPO_MOUNT, SPOOL, &get)
+}
+
+fn posix_restore_command(stanza: &str, repo: &str, spool: &str, get: &str) -> String {
+    format!(
+        "f=%f; a={repo}/archive/{stanza}; \
+         for x in $a/*/$f $a/*/$f-* $a/*/*/$f $a/*/*/$f-* {spool}/archive/{stanza}/in/$f; do [ -e $x ] && break; done; \
+         [ -e $x ] || [ ! -r $a/archive.info ] || exit 1; exec {get}"
+    )
 }
 
 /// Patroni's replica method: the latest backup plus WAL from the repository.
@@ -144,9 +174,9 @@ impl RestoreSpec {
 
     /// The recovery settings Patroni writes (it strips the ones pgBackRest put
     /// in postgresql.auto.conf, which replicas would otherwise inherit).
-    pub fn recovery_conf(&self) -> serde_json::Value {
+    pub fn recovery_conf(&self, cfg: &BackupConfig) -> serde_json::Value {
         let mut v = serde_json::json!({
-            "restore_command": restore_command(&self.source),
+            "restore_command": restore_command(&self.source, cfg),
             "recovery_target_timeline": "latest",
         });
         match &self.target {
@@ -203,6 +233,53 @@ mod tests {
         assert!(!render_conf(&BackupConfig::default(), "i1", 1).contains("cipher"));
     }
 
+    /// The posix fast path runs as PostgreSQL runs it (`sh -c`, `%f`/`%p`
+    /// substituted) against a repository laid out as pgBackRest lays it out,
+    /// with a stand-in `pgbackrest` that exits 42.
+    #[test]
+    fn restore_command_answers_missing_files_without_pgbackrest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, spool, bin) = (dir.path().join("repo"), dir.path().join("spool"), dir.path().join("bin"));
+        let archive = repo.join("archive/1/15-1/0000000100000000");
+        for d in [&archive, &spool.join("archive/1/in"), &bin] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(bin.join("pgbackrest"), "#!/bin/sh\nexit 42\n").unwrap();
+        std::fs::set_permissions(bin.join("pgbackrest"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let get = "pgbackrest --stanza=1 archive-get %f \"%p\"";
+        let cmd = posix_restore_command("1", repo.to_str().unwrap(), spool.to_str().unwrap(), get);
+        let run = |file: &str| {
+            let line = cmd.replace("%f", file).replace("%p", "pg_wal/RECOVERYXLOG");
+            let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+            std::process::Command::new("sh").arg("-c").arg(&line).env("PATH", path).status().unwrap().code()
+        };
+        // No archive.info (no stanza, or the repository not mounted): pgBackRest says why.
+        assert_eq!(run("00000002.history"), Some(42));
+        std::fs::write(repo.join("archive/1/archive.info"), "").unwrap();
+        assert_eq!(run("00000002.history"), Some(1));
+        assert_eq!(run("000000010000000000000003"), Some(1));
+        std::fs::write(repo.join("archive/1/15-1/00000002.history"), "").unwrap();
+        std::fs::write(archive.join("000000010000000000000003-0123abcd.zst"), "").unwrap();
+        std::fs::write(spool.join("archive/1/in/000000010000000000000004"), "").unwrap();
+        for found in ["00000002.history", "000000010000000000000003", "000000010000000000000004"] {
+            assert_eq!(run(found), Some(42), "{found}");
+        }
+        // Another segment, a prefix of a stored one, the next history: not found.
+        for missing in ["000000010000000000000005", "00000001000000000000000", "00000003.history"] {
+            assert_eq!(run(missing), Some(1), "{missing}");
+        }
+        // S3: pgBackRest always.
+        let s3 = BackupConfig { repo_type: "s3".into(), ..Default::default() };
+        assert_eq!(
+            restore_command("1", &s3),
+            "pgbackrest --stanza=1 --pg1-path=/var/lib/pgcell/pgdata archive-get %f \"%p\""
+        );
+        assert!(
+            restore_command("1", &BackupConfig::default())
+                .starts_with("f=%f; a=/var/lib/pgbackrest/archive/1; for x in ")
+        );
+    }
+
     #[test]
     fn restore_commands_name_the_source_and_quote_the_time() {
         let r = RestoreSpec {
@@ -214,12 +291,12 @@ mod tests {
             r.command(),
             "pgbackrest --stanza=src --pg1-path=/var/lib/pgcell/pgdata --set=20261201-140000F --type=time '--target=2026-12-01 14:00:00+00' --target-action=promote restore"
         );
-        let rc = r.recovery_conf();
+        let rc = r.recovery_conf(&BackupConfig::default());
         assert_eq!(rc["recovery_target_time"], "2026-12-01 14:00:00+00");
         assert!(rc["restore_command"].as_str().unwrap().contains("--stanza=src"));
         let latest = RestoreSpec { target: Target::Latest, ..r.clone() };
         assert!(!latest.command().contains("--type"));
-        assert!(latest.recovery_conf().get("recovery_target_action").is_none());
+        assert!(latest.recovery_conf(&BackupConfig::default()).get("recovery_target_action").is_none());
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!((json["type"].as_str(), json["source"].as_str()), (Some("time"), Some("src")));
         assert_eq!(serde_json::from_value::<RestoreSpec>(json).unwrap(), r);
