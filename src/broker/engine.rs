@@ -136,6 +136,10 @@ impl Broker {
                 }
                 Err(why) => {
                     metrics::inc(&metrics::COUNTERS.placement_shortages);
+                    if placements.is_empty() {
+                        // Made for a reservation that lost its race, if any: no member uses them.
+                        etcd.delete(keys::secrets(id), None).await.context("etcd delete unused secrets")?;
+                    }
                     Err(StepError::Permanent(why))
                 }
             };
@@ -246,10 +250,6 @@ impl Broker {
                 .collect();
             let chosen = place::choose(&candidates, &taken, &zones, need);
             if chosen.len() < need {
-                if placements.is_empty() {
-                    // Made for a reservation that lost its race, if any; no member uses them.
-                    etcd.delete(keys::secrets(id), None).await.context("etcd delete unused secrets")?;
-                }
                 return Ok(Err(place::shortage(&candidates, &taken, plan.members, need)));
             }
             // Made only when there is room: an instance that never fits keeps no passwords.

@@ -168,8 +168,11 @@ async fn env_of(etcd: &mut Client, p: &Placement) -> anyhow::Result<Vec<u8>> {
 /// Gives every member placed before member envs existed its env (create-only:
 /// never overwrites one), so that its cell can render it with a scoped role.
 async fn backfill_envs(etcd: &mut Client, fleet: &Fleet) -> anyhow::Result<()> {
-    let (have, _) = store::get_prefix(etcd, &keys::member_envs()).await?;
-    let have: std::collections::BTreeSet<String> = have.into_iter().map(|(k, _)| k).collect();
+    // Keys only: every pass reads them, and the values hold passwords.
+    let opts = GetOptions::new().with_prefix().with_keys_only();
+    let resp = etcd.get(keys::member_envs(), Some(opts)).await.context("etcd get member envs")?;
+    let have: std::collections::BTreeSet<String> =
+        resp.kvs().iter().filter_map(|kv| kv.key_str().ok().map(String::from)).collect();
     for (p, rev) in fleet.placements.iter().filter(|(p, _)| !p.purge) {
         let key = keys::member_env(&p.cell, &p.instance_id);
         if have.contains(&key) {
