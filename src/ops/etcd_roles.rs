@@ -67,9 +67,9 @@ pub async fn apply(
     }
     let existing = client.user_list().await.context("etcd user list")?;
     let wanted: Vec<&str> = users.iter().map(|(u, _, _)| u.as_str()).collect();
+    let roles = client.role_list().await.context("etcd role list")?;
     for name in stale_cell_users(existing.users(), &wanted) {
         client.user_delete(name.as_str()).await.with_context(|| format!("etcd user delete {name}"))?;
-        let roles = client.role_list().await.context("etcd role list")?;
         if roles.roles().contains(&name) {
             client.role_delete(name.as_str()).await.with_context(|| format!("etcd role delete {name}"))?;
         }
