@@ -367,8 +367,16 @@ async fn each_member_gets_its_env_with_its_placement_and_loses_it_with_it() {
         assert_eq!(env["secrets"], secrets, "{k}: not the instance's passwords");
         assert_eq!((env["archive_timeout"].as_u64(), env["require_tls"].as_bool()), (Some(20), Some(true)), "{k}");
     }
-    // The cell removes a member (after a purge): its env goes in the same transaction.
+    // Written in the placement's own transaction (one revision), not after it
+    // (the healer's backfill for older members would also write one).
     let mut c = etcd.client().await;
+    let created = |resp: etcd_client::GetResponse| resp.kvs()[0].create_revision();
+    for cell in ["c1", "c2"] {
+        let env = created(c.get(format!("/pgcell/member_env/{cell}/e1"), None).await.unwrap());
+        let placement = created(c.get(format!("/pgcell/placements/{cell}/e1"), None).await.unwrap());
+        assert_eq!(env, placement, "{cell}: env and placement not written together");
+    }
+    // The cell removes a member (after a purge): its env goes in the same transaction.
     let resp = c.get("/pgcell/placements/c1/e1", None).await.unwrap();
     let kv = &resp.kvs()[0];
     let p: pgcell::etcd::store::Placement = serde_json::from_slice(kv.value()).unwrap();
