@@ -106,6 +106,19 @@ impl EtcdTls {
     }
 }
 
+/// Where etcd's data goes: tmpfs (`/dev/shm`) unless `PGCELL_TEST_ETCD_DIR`
+/// names another folder. Production etcd gets a disk of its own (its operations
+/// guide asks for one); here the only disk is shared with cargo and every
+/// PostgreSQL, and under that load etcd's WAL fsyncs took 1–2 s, which held
+/// lease expiry (and so failover) back by seconds (docs/decisions.md, #15).
+fn data_parent() -> PathBuf {
+    match std::env::var_os("PGCELL_TEST_ETCD_DIR") {
+        Some(d) => PathBuf::from(d),
+        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    }
+}
+
 impl Etcd {
     pub fn start() -> Self {
         Self::cluster(1)
@@ -124,7 +137,7 @@ impl Etcd {
     }
 
     fn build(n: usize, tls: bool) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::Builder::new().prefix("pgcell-etcd").tempdir_in(data_parent()).unwrap();
         let tls = tls.then(|| EtcdTls::generate(dir.path()));
         let members: Vec<EtcdMember> = (0..n)
             .map(|i| EtcdMember {
@@ -327,6 +340,19 @@ impl Etcd {
             .iter()
             .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap_or("").to_string()))
             .collect()
+    }
+}
+
+impl Etcd {
+    /// Each member's log so far, as (member, line).
+    pub fn log_lines(&self) -> Vec<(String, String)> {
+        let mut out = vec![];
+        for m in &self.members {
+            let text =
+                std::fs::read_to_string(self.dir.path().join(format!("etcd-{}.log", m.name))).unwrap_or_default();
+            out.extend(text.lines().map(|l| (m.name.clone(), l.to_string())));
+        }
+        out
     }
 }
 
