@@ -134,7 +134,8 @@ fn failover_trace(d: &Deployment, t0: time::OffsetDateTime) {
         "Postponing",
         "not the healthiest",
     ];
-    // etcd's own word on the lease: a failed revoke is retried only 3 s later.
+    // etcd's lines on leases, raft leaders and slow disks (a failed lease
+    // revoke, for one, is retried only 3 s later).
     const ETCD_MARKS: [&str; 6] = ["revoke", "lease", "became leader", "took too long", "slow", "failed"];
     let mut lines: Vec<(f64, String)> = vec![];
     let since = (t0 - time::Duration::seconds(2)).unix_timestamp().to_string();
@@ -199,7 +200,6 @@ async fn wait_failover_candidate(d: &Deployment, timeout: Duration) -> String {
     .await
 }
 
-/// Waits until a member takes inserts (ids from `first_id` up, never reused).
 /// What became of a leader's lock after a fault.
 struct LockFate {
     /// When the key stopped naming the holder (expired or taken).
@@ -209,9 +209,10 @@ struct LockFate {
     renewed: Vec<f64>,
 }
 
-/// Follows Patroni's leader key and its lease with `etcdctl` every 50 ms on
-/// its own thread (psql blocks the runtime): splits a failover into the lock's
-/// expiry and the promotion after it, and tells whether the lease was renewed.
+/// Follows Patroni's leader key and its lease with `etcdctl` on its own thread
+/// (psql blocks the runtime), a reading about every 0.1 s (two calls and 50 ms
+/// apart): splits a failover into the lock's expiry and the promotion after
+/// it, and tells whether the lease was renewed after the fault.
 fn lock_fate(endpoint: String, holder: String) -> std::thread::JoinHandle<LockFate> {
     std::thread::spawn(move || {
         let start = Instant::now();
@@ -256,6 +257,7 @@ fn lock_fate(endpoint: String, holder: String) -> std::thread::JoinHandle<LockFa
     })
 }
 
+/// Waits until a member takes inserts (ids from `first_id` up, never reused).
 async fn wait_writable(url: &str, first_id: i64) {
     // Polled every 50 ms (not wait_for's 200 ms): the time measured is the failover's.
     let start = Instant::now();
