@@ -18,7 +18,7 @@ mod load;
 mod router;
 pub use broker::BrokerConfig;
 pub use cell::{CellConfig, PatroniTiming};
-pub use load::{load_layered, parse_port_range, split_endpoints};
+pub use load::{Overrides, load_layered, parse_port_range, split_endpoints};
 pub use router::RouterConfig;
 #[cfg(test)]
 use {broker::BROKER_ENV, cell::CELL_ENV, router::ROUTER_ENV};

@@ -58,7 +58,9 @@ impl Default for BrokerConfig {
     }
 }
 
-pub(super) const BROKER_ENV: &[(&str, &str)] = &[
+pub(super) const BROKER_ENV: Overrides = &[("", BROKER_VARS), ("etcd_access", etcd_access::ENV)];
+
+const BROKER_VARS: &[(&str, &str)] = &[
     ("PGCELL_BROKER_NAME", "name"),
     ("PGCELL_BROKER_LISTEN", "listen"),
     ("PGCELL_USERNAME", "username"),
@@ -68,11 +70,6 @@ pub(super) const BROKER_ENV: &[(&str, &str)] = &[
     ("PGCELL_OPERATION_TIMEOUT_SECS", "operation_timeout_secs"),
     ("PGCELL_REPLACE_AFTER_SECS", "replace_after_secs"),
     ("PGCELL_PLACEMENT_WAIT_SECS", "placement_wait_secs"),
-    ("PGCELL_ETCD_CA_FILE", "etcd_access.ca_file"),
-    ("PGCELL_ETCD_CERT_FILE", "etcd_access.cert_file"),
-    ("PGCELL_ETCD_KEY_FILE", "etcd_access.key_file"),
-    ("PGCELL_ETCD_USERNAME", "etcd_access.username"),
-    ("PGCELL_ETCD_PASSWORD", "etcd_access.password"),
     ("PGCELL_TLS_CA_CERT_FILE", "tls.ca_cert_file"),
     ("PGCELL_TLS_CA_KEY_FILE", "tls.ca_key_file"),
     (HTTPS_CERT_ENV, "https.cert_file"),

@@ -105,7 +105,9 @@ impl Default for CellConfig {
 }
 
 /// Environment variables that override a key of the cell's configuration.
-pub(super) const CELL_ENV: &[(&str, &str)] = &[
+pub(super) const CELL_ENV: Overrides = &[("", CELL_VARS), ("etcd_access", etcd_access::ENV)];
+
+const CELL_VARS: &[(&str, &str)] = &[
     ("PGCELL_CELL_NAME", "name"),
     ("PGCELL_DEPLOYMENT", "deployment"),
     ("PGCELL_ADVERTISE_HOST", "advertise_host"),
@@ -142,11 +144,6 @@ pub(super) const CELL_ENV: &[(&str, &str)] = &[
     ("PGCELL_S3_CA_FILE", "backup.s3.ca_file"),
     ("PGCELL_S3_KEY", "backup.s3.key"),
     ("PGCELL_S3_KEY_SECRET", "backup.s3.key_secret"),
-    ("PGCELL_ETCD_CA_FILE", "etcd_access.ca_file"),
-    ("PGCELL_ETCD_CERT_FILE", "etcd_access.cert_file"),
-    ("PGCELL_ETCD_KEY_FILE", "etcd_access.key_file"),
-    ("PGCELL_ETCD_USERNAME", "etcd_access.username"),
-    ("PGCELL_ETCD_PASSWORD", "etcd_access.password"),
     ("PGCELL_TLS_CA_CERT_FILE", "tls.ca_cert_file"),
     ("PGCELL_TLS_CA_KEY_FILE", "tls.ca_key_file"),
     ("PGCELL_TLS_CERT_DAYS", "tls.cert_days"),

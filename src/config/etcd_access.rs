@@ -46,7 +46,7 @@ impl std::fmt::Debug for EtcdAccess {
 impl EtcdAccess {
     /// The operator commands' access: the `PGCELL_ETCD_*` environment only.
     pub fn from_env() -> anyhow::Result<Self> {
-        let access: Self = super::load_layered(None, ENV, &|k| std::env::var(k).ok())?;
+        let access: Self = super::load_layered(None, &[("", ENV)], &|k| std::env::var(k).ok())?;
         access.validate()?;
         Ok(access)
     }
@@ -90,7 +90,7 @@ mod tests {
 
     fn from(env: &[(&str, &str)]) -> anyhow::Result<EtcdAccess> {
         let map: std::collections::HashMap<&str, &str> = env.iter().copied().collect();
-        let a: EtcdAccess = crate::config::load_layered(None, ENV, &|k| map.get(k).map(|v| v.to_string()))?;
+        let a: EtcdAccess = crate::config::load_layered(None, &[("", ENV)], &|k| map.get(k).map(|v| v.to_string()))?;
         a.validate()?;
         Ok(a)
     }

@@ -19,13 +19,18 @@ pub fn split_endpoints(s: &str) -> Vec<String> {
     s.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect()
 }
 
+/// `PGCELL_*` variables and the keys they set, in tables by section: `("", t)`
+/// sets top-level keys (`backup.repo_path` reaches into a nested table), and
+/// `("etcd_access", etcd_access::ENV)` puts one shared table under a section.
+pub type Overrides<'a> = &'a [(&'a str, &'a [(&'a str, &'a str)])];
+
 /// Reads the TOML file (if any), applies the environment overrides, then
 /// deserializes with defaults for whatever is still missing. An override is
 /// parsed by the type of its field (read from the defaults), never guessed from
 /// its text: `PGCELL_API_PASSWORD=123456` is a string, `PGCELL_CAPACITY=x` an error.
 pub fn load_layered<T: serde::de::DeserializeOwned + Serialize + Default>(
     path: Option<&Path>,
-    overrides: &[(&str, &str)],
+    overrides: Overrides,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<T> {
     let mut table = match path {
@@ -38,10 +43,16 @@ pub fn load_layered<T: serde::de::DeserializeOwned + Serialize + Default>(
         None => toml::Table::new(),
     };
     let shape = toml::Table::try_from(T::default()).context("the default configuration is not a table")?;
-    for (var, key) in overrides {
+    for (var, key) in overrides.iter().flat_map(|(section, vars)| {
+        vars.iter().map(move |(var, key)| match *section {
+            "" => (*var, key.to_string()),
+            s => (*var, format!("{s}.{key}")),
+        })
+    }) {
         if let Some(v) = env(var) {
             // `section.key` overrides a key of a nested table (e.g. `backup.repo_path`).
-            let (path, leaf) = key.rsplit_once('.').map_or((vec![], *key), |(p, l)| (p.split('.').collect(), l));
+            let (path, leaf) =
+                key.rsplit_once('.').map_or((vec![], key.as_str()), |(p, l)| (p.split('.').collect(), l));
             let (mut dst, mut like) = (&mut table, Some(&shape));
             for part in path {
                 like = like.and_then(|t| t.get(part)).and_then(toml::Value::as_table);

@@ -56,7 +56,9 @@ impl Default for RouterConfig {
     }
 }
 
-pub(super) const ROUTER_ENV: &[(&str, &str)] = &[
+pub(super) const ROUTER_ENV: Overrides = &[("", ROUTER_VARS), ("etcd_access", etcd_access::ENV)];
+
+const ROUTER_VARS: &[(&str, &str)] = &[
     ("PGCELL_ROUTER_NAME", "name"),
     ("PGCELL_ADVERTISE_HOST", "advertise_host"),
     ("PGCELL_LISTEN_HOST", "listen_host"),
@@ -67,11 +69,6 @@ pub(super) const ROUTER_ENV: &[(&str, &str)] = &[
     ("PGCELL_PROMOTE_WAIT_MS", "promote_wait_ms"),
     ("PGCELL_DATA_THREADS", "data_threads"),
     ("PGCELL_FAILPOINTS", "failpoints"),
-    ("PGCELL_ETCD_CA_FILE", "etcd_access.ca_file"),
-    ("PGCELL_ETCD_CERT_FILE", "etcd_access.cert_file"),
-    ("PGCELL_ETCD_KEY_FILE", "etcd_access.key_file"),
-    ("PGCELL_ETCD_USERNAME", "etcd_access.username"),
-    ("PGCELL_ETCD_PASSWORD", "etcd_access.password"),
     (ETCD_ENV, "etcd_endpoints"),
 ];
 
