@@ -289,8 +289,7 @@ async fn new_replicas_come_from_the_repository_once_a_backup_exists() {
     let leader = d.leader("rep").await.unwrap();
     let replica_cell = 1 - d.cell_of("rep", &leader);
     let container = format!("pgcell-cf-rep-{}", d.cells[replica_cell].name);
-    let out = std::process::Command::new("docker").args(["logs", &container]).output().unwrap();
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let log = docker_logs(&container, &[]);
     assert!(
         log.contains("replica has been created using pgbackrest"),
         "the replica did not come from the repository:\n{log}"

@@ -180,9 +180,7 @@ async fn ha_lifecycle_bind_share_unbind_update_deprovision() {
     let superuser = superuser_password(&d, "i1").await;
     let mut logs = d.logs();
     for c in d.containers() {
-        let out = std::process::Command::new("docker").args(["logs", &c]).output().unwrap();
-        logs.push_str(&String::from_utf8_lossy(&out.stdout));
-        logs.push_str(&String::from_utf8_lossy(&out.stderr));
+        logs.push_str(&docker_logs(&c, &[]));
     }
     assert!(logs.len() > 1000, "no logs to search");
     assert!(!logs.contains(&superuser), "the superuser password is in a log");

@@ -105,14 +105,7 @@ async fn postmasters(d: &Deployment) -> Vec<String> {
 
 /// How often a member's Patroni logged `what`.
 fn patroni_log_count(d: &Deployment, what: &str) -> usize {
-    d.containers()
-        .iter()
-        .map(|c| {
-            let out = Command::new("docker").args(["logs", c]).output().unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-            text.matches(what).count()
-        })
-        .sum()
+    d.containers().iter().map(|c| docker_logs(c, &[]).matches(what).count()).sum()
 }
 
 /// What each member logged about a failover, with seconds since `t0`: the
@@ -139,10 +132,9 @@ fn failover_trace(d: &Deployment, t0: time::OffsetDateTime) {
     const ETCD_MARKS: [&str; 6] = ["revoke", "lease", "became leader", "took too long", "slow", "failed"];
     let mut lines: Vec<(f64, String)> = vec![];
     let since = (t0 - time::Duration::seconds(2)).unix_timestamp().to_string();
+    let all = std::env::var_os("PGCELL_TEST_TRACE_ALL").is_some();
     for c in d.containers() {
-        let out = Command::new("docker").args(["logs", "-t", "--since", &since, &c]).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        let all = std::env::var_os("PGCELL_TEST_TRACE_ALL").is_some();
+        let text = docker_logs(&c, &["-t", "--since", &since]);
         lines.extend(text.lines().filter(|l| all || MARKS.iter().any(|m| l.contains(m))).filter_map(|l| {
             let (ts, rest) = l.split_once(' ')?;
             let at = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
