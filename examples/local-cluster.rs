@@ -85,6 +85,11 @@ impl Drop for Deployment {
     }
 }
 
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn say(s: &str) {
     println!("==> {s}");
 }
@@ -128,6 +133,32 @@ impl Deployment {
             let _ = c.wait();
         }
         kit::docker_kill_cell(&self.cells[i].0);
+    }
+
+    /// What a user needs to see why the walkthrough stopped, before everything
+    /// is removed: the cluster as pgcell sees it, the end of every daemon's log
+    /// and of every member's (Patroni and PostgreSQL).
+    fn diagnose(&self) {
+        eprintln!("==> pgcell states:\n{}", self.pgcell(&["states"]).trim_end());
+        eprintln!("==> pgcell leaders:\n{}", self.pgcell(&["leaders"]).trim_end());
+        let mut logs: Vec<_> = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!("==> last lines of {}:\n{}", log.display(), tail(&text, 20));
+        }
+        for name in kit::docker_ps(&format!("label=org.pgcell.deployment={}", self.id), "{{.Names}}") {
+            let out = Command::new("docker").args(["logs", "--tail", "30", &name]).output();
+            let text =
+                out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
+            eprintln!("==> last lines of container {name}:\n{}", text.unwrap_or_default().trim_end());
+        }
     }
 
     fn pgcell(&self, args: &[&str]) -> String {
@@ -238,7 +269,11 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    walkthrough(&mut d, &broker_url, &broker_password, args.short).await
+    let result = walkthrough(&mut d, &broker_url, &broker_password, args.short).await;
+    if result.is_err() {
+        d.diagnose();
+    }
+    result
 }
 
 async fn walkthrough(d: &mut Deployment, broker: &str, password: &str, short: bool) -> anyhow::Result<()> {

@@ -16,6 +16,8 @@ pub struct Counters {
     pub failovers_seen: AtomicU64,
     pub containers_died: AtomicU64,
     pub leader_locks_ended: AtomicU64,
+    /// Expired leader leases revoked before etcd's own sweep.
+    pub expired_leases_revoked: AtomicU64,
     pub replacements_started: AtomicU64,
     pub replacements_finished: AtomicU64,
     /// Members of cells that are gone that cannot be replaced now (a gauge).
@@ -147,6 +149,7 @@ pub fn counter_samples() -> (Vec<Sample>, Vec<(&'static str, &'static str)>) {
         ("pgcell_failovers_seen_total", vec![], c.failovers_seen.load(Relaxed)),
         ("pgcell_containers_died_total", vec![], c.containers_died.load(Relaxed)),
         ("pgcell_leader_locks_ended_total", vec![], c.leader_locks_ended.load(Relaxed)),
+        ("pgcell_expired_leases_revoked_total", vec![], c.expired_leases_revoked.load(Relaxed)),
         ("pgcell_replacements_started_total", vec![], c.replacements_started.load(Relaxed)),
         ("pgcell_replacements_finished_total", vec![], c.replacements_finished.load(Relaxed)),
         ("pgcell_members_unreplaceable", vec![], c.heal_stuck.load(Relaxed)),
@@ -165,6 +168,7 @@ pub fn counter_samples() -> (Vec<Sample>, Vec<(&'static str, &'static str)>) {
         ("pgcell_failovers_seen_total", "counter"),
         ("pgcell_containers_died_total", "counter"),
         ("pgcell_leader_locks_ended_total", "counter"),
+        ("pgcell_expired_leases_revoked_total", "counter"),
         ("pgcell_replacements_started_total", "counter"),
         ("pgcell_replacements_finished_total", "counter"),
         ("pgcell_members_unreplaceable", "gauge"),

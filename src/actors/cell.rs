@@ -105,7 +105,9 @@ impl CellActor {
                 let (generation, restarts, last_error) = self.children.starting(ActorKind::Cluster, &scope);
                 let lifeline = Lifeline::to(ctx.address().recipient(), ActorKind::Cluster, scope.clone(), generation);
                 let status = ActorStatus::new(ActorKind::Cluster, scope.clone()).restarted(restarts, last_error);
-                let addr = ClusterActor::new(self.deps.etcd.clone(), &scope, status, lifeline).start();
+                let addr = ClusterActor::new(self.deps.etcd.clone(), &scope, status, lifeline)
+                    .revoking_expired_leases(self.deps.cfg.revoke_expired_leader_leases)
+                    .start();
                 self.clusters.insert(scope, addr);
             }
             Action::StopFollowing(scope) => {

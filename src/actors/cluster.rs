@@ -1,25 +1,34 @@
 //! `ClusterActor`: follows one Patroni cluster (`/service/<scope>/`) that has a
 //! member on this cell, and keeps its [`ClusterView`]. Its parent (the
 //! `CellActor`) restarts it if it fails; the new one reads the cluster afresh.
+//! It also revokes the leader's lease as soon as it has expired
+//! (`etcd::lease_reaper`), so a dead leader's lock does not wait for etcd's sweep.
 
 use actix::prelude::*;
 
 use super::supervise::Lifeline;
 use super::{ActorState, ActorStatus, GetState, InjectFailure};
 use crate::etcd::watch::{WatchEvent, watch_prefix};
-use crate::etcd::{Client, keys};
+use crate::etcd::{Client, keys, lease_reaper};
 use crate::patroni::ClusterView;
 
 pub struct ClusterActor {
     etcd: Client,
     view: ClusterView,
     status: ActorStatus,
+    revoke_expired: bool,
+    reaper: Option<tokio::task::JoinHandle<()>>,
     _lifeline: Lifeline,
 }
 
 impl ClusterActor {
     pub fn new(etcd: Client, scope: &str, status: ActorStatus, lifeline: Lifeline) -> Self {
-        Self { etcd, view: ClusterView::new(scope), status, _lifeline: lifeline }
+        Self { etcd, view: ClusterView::new(scope), status, revoke_expired: false, reaper: None, _lifeline: lifeline }
+    }
+
+    pub fn revoking_expired_leases(mut self, on: bool) -> Self {
+        self.revoke_expired = on;
+        self
     }
 
     fn summary(&self) -> String {
@@ -35,6 +44,19 @@ impl Actor for ClusterActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let prefix = keys::patroni_scope(&self.view.scope);
         ctx.add_stream(watch_prefix(self.etcd.clone(), prefix));
+        if self.revoke_expired {
+            let key = keys::patroni_leader(&self.view.scope);
+            let count = |_| crate::metrics::inc(&crate::metrics::COUNTERS.expired_leases_revoked);
+            self.reaper = Some(tokio::spawn(lease_reaper::run(self.etcd.clone(), key, count)));
+        }
+    }
+}
+
+impl Drop for ClusterActor {
+    fn drop(&mut self) {
+        if let Some(reaper) = self.reaper.take() {
+            reaper.abort();
+        }
     }
 }
 

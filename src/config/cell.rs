@@ -59,6 +59,9 @@ pub struct CellConfig {
     /// The etcd endpoints are proxies or load balancers: Patroni must use them
     /// as given instead of the member URLs etcd advertises.
     pub etcd_proxies: bool,
+    /// Revoke a Patroni leader's lease as soon as it has expired rather than
+    /// when etcd next sweeps (every 500 ms): failover up to half a second sooner.
+    pub revoke_expired_leader_leases: bool,
     pub etcd_endpoints: Vec<String>,
     pub patroni: PatroniTiming,
     /// Serve `POST /debug/actors/<kind>/<id>/fail` (fault injection for tests
@@ -93,6 +96,7 @@ impl Default for CellConfig {
             router_port_range: "40000-40999".into(),
             drain_on_stop: true,
             etcd_proxies: false,
+            revoke_expired_leader_leases: true,
             etcd_endpoints: vec!["127.0.0.1:2379".into()],
             patroni: PatroniTiming::default(),
             failpoints: false,
@@ -124,6 +128,7 @@ const CELL_VARS: &[(&str, &str)] = &[
     ("PGCELL_ROUTER_PORT_RANGE", "router_port_range"),
     ("PGCELL_DRAIN_ON_STOP", "drain_on_stop"),
     ("PGCELL_ETCD_PROXIES", "etcd_proxies"),
+    ("PGCELL_REVOKE_EXPIRED_LEADER_LEASES", "revoke_expired_leader_leases"),
     ("PGCELL_FAILPOINTS", "failpoints"),
     ("PGCELL_BACKUP_ENABLED", "backup.enabled"),
     ("PGCELL_BACKUP_REPO_PATH", "backup.repo_path"),

@@ -206,6 +206,11 @@ pub fn patroni_scope(scope: &str) -> String {
     format!("{PATRONI_NAMESPACE}{scope}/")
 }
 
+/// Patroni's leader lock of a cluster (on its leader's lease).
+pub fn patroni_leader(scope: &str) -> String {
+    format!("{PATRONI_NAMESPACE}{scope}/leader")
+}
+
 pub fn patroni_member(scope: &str, member: &str) -> String {
     format!("{PATRONI_NAMESPACE}{scope}/members/{member}")
 }

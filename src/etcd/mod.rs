@@ -4,6 +4,7 @@
 pub mod ca;
 pub mod fleet;
 pub mod keys;
+pub mod lease_reaper;
 pub mod lock;
 pub mod registration;
 pub mod roles;

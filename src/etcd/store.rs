@@ -281,7 +281,7 @@ pub async fn remove_placement(client: &mut Client, p: &Placement, mod_rev: i64) 
 /// Ends a dead leader's lock: deletes `/service/<scope>/leader` only if it still
 /// names `member`, so a leader elected meanwhile is never touched.
 pub async fn end_leader_lock(client: &mut Client, scope: &str, member: &str) -> anyhow::Result<Swap> {
-    let key = format!("{}leader", keys::patroni_scope(scope));
+    let key = keys::patroni_leader(scope);
     let txn = Txn::new()
         .when([Compare::value(key.as_str(), CompareOp::Equal, member)])
         .and_then([TxnOp::delete(key.as_str(), None)]);
