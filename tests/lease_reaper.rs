@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use etcd_client::{Client, EventType, PutOptions, WatchOptions};
+use common::lease::{Kept, deletions, secs_after};
+use etcd_client::Client;
 use pgcell::etcd::lease_reaper;
 
 const TTL: i64 = 3;
@@ -18,51 +18,6 @@ const TTL: i64 = 3;
 /// and the revoke, and the watch bringing the delete here; etcd's own sweep
 /// would take anything up to 500 ms.
 const LATE_BOUND: Duration = Duration::from_millis(150);
-
-/// A lease kept alive by hand: each keepalive's send and answer times.
-struct Kept {
-    lease: i64,
-    keeper: etcd_client::LeaseKeeper,
-    answers: etcd_client::LeaseKeepAliveStream,
-    last: (Instant, Instant),
-}
-
-impl Kept {
-    async fn grant(client: &mut Client, key: &str) -> Self {
-        let lease = client.lease_grant(TTL, None).await.unwrap().id();
-        let t = Instant::now();
-        client.put(key, "leader", Some(PutOptions::new().with_lease(lease))).await.unwrap();
-        let (keeper, answers) = client.lease_keep_alive(lease).await.unwrap();
-        Self { lease, keeper, answers, last: (t, t) }
-    }
-
-    async fn keep_alive(&mut self) {
-        let sent = Instant::now();
-        self.keeper.keep_alive().await.unwrap();
-        let answer = self.answers.message().await.unwrap().unwrap();
-        assert!(answer.ttl() > 0, "lease {:x} was not renewed", self.lease);
-        self.last = (sent, Instant::now());
-    }
-}
-
-/// Every key deleted under `prefix`, with when the delete was seen.
-fn deletions(client: Client, prefix: &str) -> Arc<Mutex<HashMap<String, Instant>>> {
-    let seen = Arc::new(Mutex::new(HashMap::new()));
-    let (s, prefix) = (seen.clone(), prefix.to_string());
-    tokio::spawn(async move {
-        let mut client = client;
-        let mut stream = client.watch(prefix, Some(WatchOptions::new().with_prefix())).await.unwrap();
-        while let Ok(Some(resp)) = stream.message().await {
-            for ev in resp.events() {
-                if ev.event_type() == EventType::Delete {
-                    let key = String::from_utf8_lossy(ev.kv().unwrap().key()).into_owned();
-                    s.lock().unwrap().insert(key, Instant::now());
-                }
-            }
-        }
-    });
-    seen
-}
 
 #[tokio::test]
 async fn expired_leases_are_revoked_at_expiry_and_live_ones_never() {
@@ -82,7 +37,7 @@ async fn expired_leases_are_revoked_at_expiry_and_live_ones_never() {
     }
     let mut kept = Vec::new();
     for i in 0..6 {
-        kept.push(Kept::grant(&mut client, &format!("/service/c{i}/leader")).await);
+        kept.push(Kept::grant(&mut client, &format!("/service/c{i}/leader"), TTL).await);
     }
     // c0..c3 stop at staggered times (each meets etcd's sweep at another phase);
     // c4 is kept alive throughout; c5 pauses 2.4 s (its TTL reads 0) and resumes.
@@ -111,12 +66,8 @@ async fn expired_leases_are_revoked_at_expiry_and_live_ones_never() {
     for (i, k) in kept.iter().enumerate().take(4) {
         let key = format!("/service/c{i}/leader");
         let at = *deleted.get(&key).unwrap_or_else(|| panic!("{key} was never deleted"));
-        let (earliest, latest) =
-            (k.last.0 + Duration::from_secs(TTL as u64), k.last.1 + Duration::from_secs(TTL as u64));
-        let offset = |t: Instant| {
-            t.checked_duration_since(earliest)
-                .map_or_else(|| format!("-{:.3}", (earliest - t).as_secs_f64()), |d| format!("{:.3}", d.as_secs_f64()))
-        };
+        let (earliest, latest) = k.expiry();
+        let offset = |t: Instant| format!("{:.3}", secs_after(t, earliest));
         println!("{key}: deleted {} s after the earliest expiry (latest {} s)", offset(at), offset(latest));
         assert!(at >= earliest, "{key} deleted before its lease expired");
         assert!(at <= latest + LATE_BOUND, "{key} deleted {} s after its expiry", offset(at));

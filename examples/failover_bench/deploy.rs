@@ -28,6 +28,8 @@ pub struct Bench {
     pub router_http: u16,
     /// Set once the run went wrong: the logs' tails are printed on drop.
     pub failed: bool,
+    /// The cells revoke an expired leader lease at once (`false`: etcd's sweep does).
+    pub revoke_expired: bool,
 }
 
 impl Drop for Bench {
@@ -111,6 +113,7 @@ impl Bench {
             .arg("cell")
             .envs(env)
             .env("PGCELL_LOG", "info")
+            .env("PGCELL_REVOKE_EXPIRED_LEADER_LEASES", self.revoke_expired.to_string())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! CARGO_TARGET_DIR=/work/target cargo run --release --example failover_bench -- [--trials N] [--only hard,crash,drain]
-//!     [--sessions] [--promote-wait-ms MS] [--out PATH]
+//!     [--sessions] [--promote-wait-ms MS] [--no-revoke] [--out PATH]
 //! ```
 //!
 //! Starts its own etcd, three cell agents (distinct port ranges) and one router
@@ -94,6 +94,8 @@ struct Args {
     sessions: bool,
     /// The router's `promote_wait_ms` (its default when not given).
     promote_wait_ms: Option<u64>,
+    /// Cells leave expired leader leases to etcd's sweep (the baseline of the lease reaper).
+    no_revoke: bool,
     /// Where the report goes (default `docs/bench-failover-latest.md`).
     out: Option<PathBuf>,
 }
@@ -104,6 +106,7 @@ fn args() -> anyhow::Result<Args> {
         only: vec![Scenario::Hard, Scenario::Crash, Scenario::Drain],
         sessions: false,
         promote_wait_ms: None,
+        no_revoke: false,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -130,6 +133,7 @@ fn args() -> anyhow::Result<Args> {
                 let n = it.next().context("--promote-wait-ms needs a number")?;
                 a.promote_wait_ms = Some(n.parse().with_context(|| format!("bad --promote-wait-ms {n:?}"))?);
             }
+            "--no-revoke" => a.no_revoke = true,
             "--out" => a.out = Some(it.next().context("--out needs a path")?.into()),
             "-h" | "--help" => {
                 println!(
@@ -138,6 +142,7 @@ fn args() -> anyhow::Result<Args> {
                      --only hard,crash,drain     run only these scenarios\n\
                      --sessions                  also open a session through the router every 20 ms, count those on a member in recovery\n\
                      --promote-wait-ms N         the router's promote_wait_ms (0: no hold; default: the router's)\n\
+                     --no-revoke                 cells leave an expired leader lease to etcd's sweep (the reaper's baseline)\n\
                      --out PATH                  the report (default docs/bench-failover-latest.md)"
                 );
                 std::process::exit(0);
@@ -183,6 +188,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         router: None,
         router_http: 0,
         failed: true,
+        revoke_expired: !args.no_revoke,
     };
 
     // etcd (the test kit's)

@@ -143,7 +143,9 @@ pub fn report(outcomes: &[Outcome], args: &Args, started: &str, elapsed: Duratio
     ));
     md.push_str(&format!("- started {started}, took {:.0} s\n", elapsed.as_secs_f64()));
     md.push_str(&format!("- machine: {machine}; other work may have run concurrently\n"));
-    md.push_str("- Patroni 3.0.2, etcd 3.4, ttl 10, loop_wait 1, retry_timeout 3, synchronous_mode on, 2 members\n\n");
+    md.push_str("- Patroni 3.0.2, etcd 3.4, ttl 10, loop_wait 1, retry_timeout 3, synchronous_mode on, 2 members\n");
+    let reaper = if args.no_revoke { "off (etcd's 500 ms sweep ends it)" } else { "on" };
+    md.push_str(&format!("- expired leader leases revoked by the cells: {reaper}\n\n"));
     md.push_str(&format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len())));
     let mut ok = true;
     for r in &rows {

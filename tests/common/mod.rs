@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod http;
 pub mod inproc;
 pub mod kit;
+pub mod lease;
 mod link;
 mod pg;
 pub mod tls;
