@@ -85,8 +85,7 @@ impl Drop for Deployment {
     }
 }
 
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
+fn tail(lines: &[&str], n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
@@ -151,13 +150,15 @@ impl Deployment {
         logs.sort();
         for log in logs {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            eprintln!("==> last lines of {}:\n{}", log.display(), tail(&text, 20));
+            let problems: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+            eprintln!("==> last warnings and errors in {}:\n{}", log.display(), tail(&problems, 10));
         }
         for name in kit::docker_ps(&format!("label=org.pgcell.deployment={}", self.id), "{{.Names}}") {
-            let out = Command::new("docker").args(["logs", "--tail", "30", &name]).output();
+            let out = Command::new("docker").args(["logs", "--tail", "60", &name]).output();
             let text =
                 out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
-            eprintln!("==> last lines of container {name}:\n{}", text.unwrap_or_default().trim_end());
+            let text = text.unwrap_or_default();
+            eprintln!("==> last lines of container {name}:\n{}", tail(&text.lines().collect::<Vec<_>>(), 30));
         }
     }
 

@@ -26,5 +26,8 @@ fi
 command -v openssl >/dev/null || { echo "setup: openssl is needed (apt-get install openssl)" >&2; exit 1; }
 
 command -v docker >/dev/null || { echo "setup: Docker is not installed; pgcell's cells need a Docker Engine" >&2; exit 1; }
-deploy/image/build.sh >/dev/null
+tag="$(deploy/image/build.sh | tail -n 1)"
+# `latest` (the cells' default image, the local demo's) must be this recipe's
+# image, whatever was tagged before (build.sh tags it only when it builds).
+docker tag "$tag" pgcell/postgres:latest
 echo "setup: ready (etcd $(etcd --version | awk 'NR==1{print $3}'), image $(docker image inspect -f '{{index .Config.Labels "org.pgcell.recipe"}}' pgcell/postgres:latest))" >&2

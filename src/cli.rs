@@ -115,7 +115,9 @@ pub enum CellsAction {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGCELL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: logs in files and journals stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
 /// Endpoints from `--etcd`, else the environment, else `fallback`.

@@ -101,6 +101,7 @@ fn bosh_templates_render_into_valid_configs() {
     assert_eq!(c.data_root, Path::new("/var/vcap/store/pgcell"));
     assert_eq!((c.port_range.as_str(), c.router_port_range.as_str()), ("30000-30999", "40000-40999"));
     assert!(c.drain_on_stop);
+    assert!(c.revoke_expired_leader_leases, "on by default");
 
     let r = router(out, "own-etcd");
     assert_eq!(r.etcd_endpoints, LINKED_ETCD);

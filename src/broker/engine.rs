@@ -160,8 +160,20 @@ impl Broker {
         let secrets = store::ensure_secrets(&mut etcd, id).await?;
         let cells: Vec<&str> = active.iter().map(|p| p.cell.as_str()).collect();
         let Some(primary) = view.primary() else {
+            // Which members' Patroni runs, and how: "not started" for long points at the cell.
+            let states: Vec<String> = active
+                .iter()
+                .map(|p| match view.members.get(&p.member) {
+                    Some(m) => format!("{}: {} {}", p.cell, m.role, m.state),
+                    None => format!("{}: not started", p.cell),
+                })
+                .collect();
+            let n = active.len();
             return self
-                .report(op, &format!("{} member(s) on {}; waiting for a leader", active.len(), cells.join(", ")))
+                .report(
+                    op,
+                    &format!("{n} member(s) on {}; waiting for a leader ({})", cells.join(", "), states.join(", ")),
+                )
                 .await;
         };
         let leader_cell = active.iter().find(|p| p.member == primary.name).map_or("?", |p| p.cell.as_str());

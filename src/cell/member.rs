@@ -93,7 +93,8 @@ impl CellDeps {
         if t.failsafe_mode {
             let label = docker::image_label(&self.docker, &self.cfg.image, docker::LABEL_FAILSAFE_PATCH).await;
             if !matches!(label, Ok(Some(_))) {
-                tracing::warn!(image = %self.cfg.image, error = ?label.err(),
+                let error = label.err().map(|e| format!("{e:#}")).unwrap_or_else(|| "no patch label".into());
+                tracing::warn!(image = %self.cfg.image, %error,
                     "the member image lacks pgcell's failsafe patch: new clusters get failsafe_mode off");
                 t.failsafe_mode = false;
             }
