@@ -19,6 +19,10 @@ bench_init() { # name deployment-prefix die-status
   DIED=0
   DEPLOYMENT="$2$$-$RANDOM"
   TMP="$(mktemp -d "/tmp/pgcell-$2.XXXXXX")"
+  # The run's own backup repository (cells inherit it): an instance id used by
+  # an earlier run must not find that run's stanza (its replicas would restore
+  # another cluster's data). Removed with TMP.
+  export PGCELL_BACKUP_REPO_PATH="$TMP/backups"
   PIDS=()
   ETCD_PID=""
   : >"$TMP/ports-taken"

@@ -110,6 +110,7 @@ impl Deployment {
     fn start_cell(&mut self, i: usize) -> anyhow::Result<()> {
         let (name, api, _) = &self.cells[i];
         let data_root = self.dir.path().join(name);
+        let backup_repo = self.dir.path().join("backups");
         let env = kit::CellEnv {
             name,
             deployment: &self.id,
@@ -117,6 +118,7 @@ impl Deployment {
             ports: CELL_PORTS[i],
             router_ports: ROUTER_PORTS,
             data_root: &data_root,
+            backup_repo: &backup_repo,
             etcd: &self.etcd,
         }
         .vars();

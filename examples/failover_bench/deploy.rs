@@ -99,6 +99,7 @@ impl Bench {
         let c = &self.cells[i];
         let (out, err) = self.log_file(&c.name)?;
         let data_root = self.dir.path().join(&c.name);
+        let backup_repo = self.dir.path().join("backups");
         let env = super::kit::CellEnv {
             name: &c.name,
             deployment: &self.id,
@@ -106,6 +107,7 @@ impl Bench {
             ports: c.ports,
             router_ports: self.router_ports,
             data_root: &data_root,
+            backup_repo: &backup_repo,
             etcd: &self.etcd,
         }
         .vars();

@@ -241,12 +241,11 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     // Cluster cf-1 on cells 0 and 1, as the seed's walkthrough does.
     progress("creating cf-1: PUT on cell 0, then on cell 1");
     b.put_member(0).await?;
-    let secrets: Value = serde_json::from_str(
-        &b.etcd_get(&format!("/pgcell/instances/{ID}/secrets")).await?.context("no secrets in etcd")?,
-    )?;
+    let secrets: Value =
+        serde_json::from_str(&b.etcd_get(&pgcell::etcd::keys::seed_secrets(ID)).await?.context("no secrets in etcd")?)?;
     let password = secrets["superuser"].as_str().context("no superuser password")?.to_string();
     let router_port: u16 =
-        b.etcd_get(&format!("/pgcell/instances/{ID}/router_port")).await?.context("no router port")?.parse()?;
+        b.etcd_get(&pgcell::etcd::keys::seed_router_port(ID)).await?.context("no router port")?.parse()?;
     let first_port = b.cells[0].ports.0;
     wait_for("the first member accepting writes", Duration::from_secs(90), || {
         let pw = password.clone();

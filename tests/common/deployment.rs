@@ -107,6 +107,7 @@ impl Deployment {
         let api_port = free_port();
         let ports = port_block();
         let data_root = self.tmp.path().join(name);
+        let backup_repo = self.tmp.path().join("backups");
         let etcd = self.etcd.endpoints();
         let cell_env = CellEnv {
             name,
@@ -115,6 +116,7 @@ impl Deployment {
             ports,
             router_ports: self.router_ports,
             data_root: &data_root,
+            backup_repo: &backup_repo,
             etcd: &etcd,
         };
         let env: Vec<(String, String)> = cell_env
@@ -123,8 +125,6 @@ impl Deployment {
             .chain([
                 ("PGCELL_IMAGE", image().to_string()),
                 ("PGCELL_LOG", "info,pgcell=debug".to_string()),
-                // One repository for the deployment's cells: the shared filesystem of a fleet.
-                ("PGCELL_BACKUP_REPO_PATH", self.tmp.path().join("backups").display().to_string()),
                 ("PGCELL_ARCHIVE_TIMEOUT_SECS", "10".to_string()),
                 ("PGCELL_BACKUP_REFRESH_SECS", "3".to_string()),
             ])

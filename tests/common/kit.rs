@@ -66,6 +66,10 @@ pub struct CellEnv<'a> {
     pub ports: (u16, u16),
     pub router_ports: (u16, u16),
     pub data_root: &'a Path,
+    /// The deployment's backup repository, shared by its cells: its own, so a
+    /// new instance never finds the stanza of an earlier deployment's instance
+    /// of the same id (its replicas would restore another cluster's data).
+    pub backup_repo: &'a Path,
     pub etcd: &'a str,
 }
 
@@ -79,6 +83,7 @@ impl CellEnv<'_> {
             ("PGCELL_PORT_RANGE", format!("{}-{}", self.ports.0, self.ports.1)),
             ("PGCELL_ROUTER_PORT_RANGE", format!("{}-{}", self.router_ports.0, self.router_ports.1)),
             ("PGCELL_DATA_ROOT", self.data_root.display().to_string()),
+            ("PGCELL_BACKUP_REPO_PATH", self.backup_repo.display().to_string()),
             ("PGCELL_ETCD_ENDPOINTS", self.etcd.to_string()),
             ("PGCELL_MEMORY_MB", "512".to_string()),
         ]
