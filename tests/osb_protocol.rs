@@ -295,6 +295,16 @@ async fn bindings_retry_and_polling() {
     assert_eq!((r.status, r.body["state"].as_str()), (200, Some("succeeded")), "{}", r.text);
     let r = osb("GET", &format!("{broker}/v2/service_instances/q1/last_operation"), None).await;
     assert_eq!((r.status, r.body["state"].as_str()), (200, Some("succeeded")), "{}", r.text);
+    // An id whose backups are kept (a deprovisioned instance's) is refused: its
+    // stanza is the id, and a new cluster's replicas would restore the old one's data.
+    let state = json!({"instance_id": "kept1", "deleted_at": 1000});
+    etcd.client().await.put("/pgcell/backups/kept1", state.to_string(), None).await.unwrap();
+    let before = stable_dump(&etcd).await;
+    let body = provision_body("single", json!({})).to_string();
+    let r = osb("PUT", &format!("{broker}/v2/service_instances/kept1?accepts_incomplete=true"), Some(&body)).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.body["description"].as_str().unwrap().contains("another id"), "{}", r.text);
+    assert_eq!(stable_dump(&etcd).await, before, "a refused provision changes nothing");
     // A deprovisioned instance is remembered: 410 Gone (the platform forgets it), unlike an unknown one.
     etcd.client().await.put("/pgcell/deleted/gone1", "deprovision-x", None).await.unwrap();
     let r = osb("GET", &format!("{broker}/v2/service_instances/gone1/last_operation"), None).await;
