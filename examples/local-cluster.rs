@@ -156,11 +156,7 @@ impl Deployment {
             eprintln!("==> last warnings and errors in {}:\n{}", log.display(), tail(&problems, 10));
         }
         for name in kit::docker_ps(&format!("label=org.pgcell.deployment={}", self.id), "{{.Names}}") {
-            let out = Command::new("docker").args(["logs", "--tail", "60", &name]).output();
-            let text =
-                out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
-            let text = text.unwrap_or_default();
-            eprintln!("==> last lines of container {name}:\n{}", tail(&text.lines().collect::<Vec<_>>(), 30));
+            eprintln!("==> last lines of container {name}:\n{}", kit::docker_logs(&name, &["--tail", "30"]).trim_end());
         }
     }
 

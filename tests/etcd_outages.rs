@@ -383,10 +383,11 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_lead
     // Each cell agent measured the windows without a failover candidate: at least
     // the three after the failovers, closed once the old leader streamed again.
     let m = common::http::call("GET", &d.cells[0].url("/metrics"), common::http::SEED_AUTH, None).await;
-    let metric = |name: &str| -> u64 {
-        m.text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_default()
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_default()
     };
-    let (gaps, gap_ms) = (metric("pgcell_sync_standby_gap_ms_count "), metric("pgcell_sync_standby_gap_ms_sum "));
+    let gaps = metric(&m.text, "pgcell_sync_standby_gap_ms_count ");
+    let gap_ms = metric(&m.text, "pgcell_sync_standby_gap_ms_sum ");
     eprintln!("windows without a sync standby seen by cell 0: {gaps}, {gap_ms} ms in all");
     assert!(gaps >= 3, "{}", m.text);
     assert!(m.text.contains("pgcell_cluster_health{scope=\"cf-1\",state=\"healthy\"} 1"), "{}", m.text);
@@ -395,11 +396,7 @@ async fn a_leader_hung_soon_after_an_etcd_restart_is_replaced_like_any_hung_lead
     let mut revoked = 0;
     for cell in &d.cells {
         let m = common::http::call("GET", &cell.url("/metrics"), common::http::SEED_AUTH, None).await;
-        revoked += m
-            .text
-            .lines()
-            .find_map(|l| l.strip_prefix("pgcell_expired_leases_revoked_total ")?.trim().parse::<u64>().ok())
-            .unwrap_or_default();
+        revoked += metric(&m.text, "pgcell_expired_leases_revoked_total ");
     }
     eprintln!("expired leader leases revoked by the agents: {revoked} (3 failovers)");
     assert!(revoked >= 1, "no expired lease was revoked by an agent");

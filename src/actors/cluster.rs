@@ -17,13 +17,12 @@ pub struct ClusterActor {
     view: ClusterView,
     status: ActorStatus,
     revoke_expired: bool,
-    reaper: Option<tokio::task::JoinHandle<()>>,
     _lifeline: Lifeline,
 }
 
 impl ClusterActor {
     pub fn new(etcd: Client, scope: &str, status: ActorStatus, lifeline: Lifeline) -> Self {
-        Self { etcd, view: ClusterView::new(scope), status, revoke_expired: false, reaper: None, _lifeline: lifeline }
+        Self { etcd, view: ClusterView::new(scope), status, revoke_expired: false, _lifeline: lifeline }
     }
 
     pub fn revoking_expired_leases(mut self, on: bool) -> Self {
@@ -47,15 +46,8 @@ impl Actor for ClusterActor {
         if self.revoke_expired {
             let key = keys::patroni_leader(&self.view.scope);
             let count = |_| crate::metrics::inc(&crate::metrics::COUNTERS.expired_leases_revoked);
-            self.reaper = Some(tokio::spawn(lease_reaper::run(self.etcd.clone(), key, count)));
-        }
-    }
-}
-
-impl Drop for ClusterActor {
-    fn drop(&mut self) {
-        if let Some(reaper) = self.reaper.take() {
-            reaper.abort();
+            // Ends with the actor, like the watch.
+            ctx.spawn(lease_reaper::run(self.etcd.clone(), key, count).into_actor(self));
         }
     }
 }

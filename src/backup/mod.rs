@@ -44,14 +44,6 @@ pub async fn request(etcd: &mut Client, instance: &str, kind: &str) -> anyhow::R
     Ok(req.id)
 }
 
-/// Whether the repository holds backups under this instance id (its stanza is
-/// the id): a deprovisioned instance's, kept for restores, or a seed
-/// instance's. A new instance with that id would archive into that stanza and
-/// restore its replicas from another cluster's backups.
-pub async fn stanza_kept(etcd: &mut Client, instance: &str) -> anyhow::Result<bool> {
-    Ok(etcd.get(keys::backup_state(instance), None).await.context("etcd get backup state")?.count() > 0)
-}
-
 /// Records in the instance's backup state that it was deprovisioned: its
 /// backups stay, restorable by id, and `pgcell backups` says so.
 pub async fn mark_deleted(etcd: &mut Client, instance: &str) -> anyhow::Result<()> {

@@ -166,7 +166,10 @@ pub async fn load(client: &mut Client, id: &str) -> anyhow::Result<(Option<Insta
 }
 
 /// Creates the instance (spec + its provision operation, and the restore its
-/// members bootstrap from) unless it exists; returns whether it did.
+/// members bootstrap from) unless it exists, or its id still names backups
+/// (a deprovisioned instance's, kept for restores: the stanza is the id, and a
+/// new cluster would archive into it and restore replicas from it); returns
+/// whether it did.
 pub async fn create(
     client: &mut Client,
     id: &str,
@@ -183,7 +186,8 @@ pub async fn create(
     if let Some(r) = restore {
         ops.push(TxnOp::put(keys::restore(id), serde_json::to_vec(r)?, None));
     }
-    let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then(ops);
+    let absent = |k: &str| Compare::create_revision(k, CompareOp::Equal, 0);
+    let txn = Txn::new().when([absent(&key), absent(&keys::backup_state(id))]).and_then(ops);
     Ok(client.txn(txn).await.context("etcd txn (create instance)")?.succeeded())
 }
 

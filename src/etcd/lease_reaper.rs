@@ -76,6 +76,10 @@ impl ExpiryTracker {
 
     /// The read just before revoking: revoke only if it has not been renewed
     /// (a renewal within the last second reads at least `granted − 1 ≥ 1`).
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
     pub fn confirmed(&mut self, lease: i64, ttl: i64) -> bool {
         let expired = lease == self.lease && ttl <= 0 && self.expires_before.is_some();
         self.expires_before = None;
@@ -87,10 +91,9 @@ impl ExpiryTracker {
 /// whenever the lease on it expires, revokes it at once and calls `on_revoke`.
 pub async fn run(mut client: Client, key: String, on_revoke: impl Fn(i64)) {
     let mut tracker = ExpiryTracker::default();
-    let mut lease = 0;
     let mut close = false;
     loop {
-        let next = match step(&mut client, &key, &mut lease, close, &mut tracker).await {
+        let next = match step(&mut client, &key, close, &mut tracker).await {
             Ok(next) => next,
             Err(e) => {
                 tracing::debug!(%key, error = %format!("{e:#}"), "reading the lease of a leader key");
@@ -102,6 +105,7 @@ pub async fn run(mut client: Client, key: String, on_revoke: impl Fn(i64)) {
             Next::PollAfter(d) => tokio::time::sleep(d).await,
             Next::ConfirmAt(at) => {
                 tokio::time::sleep_until(at.into()).await;
+                let lease = tracker.lease();
                 match revoke_if_expired(&mut client, lease, &mut tracker).await {
                     Ok(true) => {
                         tracing::info!(%key, lease = format!("{lease:x}"), "revoked an expired leader lease");
@@ -117,22 +121,18 @@ pub async fn run(mut client: Client, key: String, on_revoke: impl Fn(i64)) {
 
 /// One reading. While the lease reads 1 s (`close`) only its TTL is read, one
 /// request per [`FAST_POLL`]; otherwise the key first, for the lease now on it.
-async fn step(
-    client: &mut Client,
-    key: &str,
-    lease: &mut i64,
-    close: bool,
-    tracker: &mut ExpiryTracker,
-) -> anyhow::Result<Next> {
-    if !close || *lease == 0 {
+async fn step(client: &mut Client, key: &str, close: bool, tracker: &mut ExpiryTracker) -> anyhow::Result<Next> {
+    let lease = if close {
+        tracker.lease()
+    } else {
         let resp = tokio::time::timeout(REQUEST_TIMEOUT, client.get(key, None)).await??;
-        *lease = resp.kvs().first().map(|kv| kv.lease()).unwrap_or(0);
-        if *lease == 0 {
-            return Ok(Next::PollAfter(IDLE_POLL));
+        match resp.kvs().first().map(|kv| kv.lease()) {
+            Some(lease) if lease != 0 => lease,
+            _ => return Ok(Next::PollAfter(IDLE_POLL)),
         }
-    }
-    let resp = tokio::time::timeout(REQUEST_TIMEOUT, client.lease_time_to_live(*lease, None)).await??;
-    Ok(tracker.reading(*lease, resp.ttl(), resp.granted_ttl(), Instant::now()))
+    };
+    let resp = tokio::time::timeout(REQUEST_TIMEOUT, client.lease_time_to_live(lease, None)).await??;
+    Ok(tracker.reading(lease, resp.ttl(), resp.granted_ttl(), Instant::now()))
 }
 
 async fn revoke_if_expired(client: &mut Client, lease: i64, tracker: &mut ExpiryTracker) -> anyhow::Result<bool> {

@@ -10,13 +10,6 @@ pub fn docker_names(filter: &str) -> Vec<String> {
     v
 }
 
-/// What a container wrote, stdout and stderr (Patroni and PostgreSQL log to
-/// both); `args` go before the name (`["-t", "--since", "…"]`).
-pub fn docker_logs(container: &str, args: &[&str]) -> String {
-    let out = Command::new("docker").arg("logs").args(args).arg(container).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
 pub fn docker_ids(filter: &str) -> Vec<String> {
     docker_ps(filter, "{{.ID}}")
 }

@@ -38,6 +38,13 @@ pub fn docker_ps(filter: &str, format: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What a container wrote, stdout and stderr (Patroni and PostgreSQL log to
+/// both); `args` go before the name (`["-t", "--since", "…"]`).
+pub fn docker_logs(container: &str, args: &[&str]) -> String {
+    let out = Command::new("docker").arg("logs").args(args).arg(container).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
 /// Kills the running containers of a cell (a lost cell: its containers die with it).
 pub fn docker_kill_cell(cell: &str) {
     let ids: Vec<String> = docker_ps(&format!("label=org.pgcell.cell={cell}"), "{{.ID}} {{.State}}")

@@ -20,7 +20,7 @@ pub use cell::*;
 pub use deployment::*;
 pub use docker::*;
 pub use etcd::Etcd;
-pub use kit::{CellEnv, docker_kill_cell, docker_remove_deployment, psql, seed_body};
+pub use kit::{CellEnv, docker_kill_cell, docker_logs, docker_remove_deployment, psql, seed_body};
 pub use link::*;
 pub use pg::*;
 

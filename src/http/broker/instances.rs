@@ -62,16 +62,6 @@ async fn provision(
         organization_guid: str_field(&body, "organization_guid"),
         space_guid: str_field(&body, "space_guid"),
     };
-    if model::load(&mut etcd, &id).await.map_err(internal)?.0.is_none()
-        && crate::backup::stanza_kept(&mut etcd, &id).await.map_err(internal)?
-    {
-        return Err(OsbError::new(
-            StatusCode::CONFLICT,
-            "this instance id still has backups (a deprovisioned instance's, kept for restores until their \
-             retention ends; `pgcell backups` lists them): provision under another id, with \
-             parameters.restore naming this one to get its data back",
-        ));
-    }
     let op = Operation::new(OpKind::Provision, "accepted: placing members");
     if !model::create(&mut etcd, &id, &spec, &op, restore.as_ref()).await.map_err(internal)? {
         let (existing, cur) = model::load(&mut etcd, &id).await.map_err(internal)?;
@@ -82,6 +72,13 @@ async fn provision(
             (Some(s), Some(cur)) if s == spec && cur.kind != OpKind::Deprovision => {
                 Ok(HttpResponse::Ok().json(json!({})))
             }
+            // No instance, yet not created: the id still names kept backups.
+            (None, _) => Err(OsbError::new(
+                StatusCode::CONFLICT,
+                "this instance id still has backups (a deprovisioned instance's, kept for restores until their \
+                 retention ends; `pgcell backups` lists them): provision under another id, with \
+                 parameters.restore naming this one to get its data back",
+            )),
             _ => Err(OsbError::new(StatusCode::CONFLICT, "an instance with this id exists with other attributes")),
         };
     }
