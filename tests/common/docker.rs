@@ -42,18 +42,47 @@ pub fn assert_least_privilege(container: &str) {
 /// A container paused (`docker pause`) until this is dropped, even by a failing
 /// test: left frozen, any `docker exec` into it (a cell agent's backup) hangs
 /// and with it every later Docker call on that container, cleanup included.
-pub struct Paused(String);
+/// Such a stuck exec can hang `docker unpause` itself (seen twice); the drop then
+/// thaws the cgroup freezer directly, which frees both.
+pub struct Paused {
+    name: String,
+    id: String,
+}
 
 impl Paused {
     pub fn new(container: &str) -> Self {
-        let out = std::process::Command::new("docker").args(["pause", container]).output().unwrap();
+        let id = Command::new("docker").args(["inspect", "-f", "{{.Id}}", container]).output().unwrap();
+        let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
+        let out = Command::new("docker").args(["pause", container]).output().unwrap();
         assert!(out.status.success(), "docker pause {container}: {}", String::from_utf8_lossy(&out.stderr));
-        Self(container.to_string())
+        Self { name: container.to_string(), id }
     }
 }
 
 impl Drop for Paused {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("docker").args(["unpause", &self.0]).output();
+        let unpause = |secs: &str| {
+            Command::new("timeout")
+                .args([secs, "docker", "unpause", &self.name])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if unpause("20") || self.id.is_empty() {
+            return;
+        }
+        // cgroup v1 (this machine) and v2 (systemd driver) places of the container's freezer.
+        let v1 = format!("/sys/fs/cgroup/freezer/docker/{}/freezer.state", self.id);
+        let v2 = format!("/sys/fs/cgroup/system.slice/docker-{}.scope/cgroup.freeze", self.id);
+        let freeze = |on: bool| {
+            std::fs::write(&v1, if on { "FROZEN" } else { "THAWED" })
+                .or_else(|_| std::fs::write(&v2, if on { "1" } else { "0" }))
+        };
+        // Thawed, the stuck exec ends; Docker still records the container as paused
+        // (and refuses every exec into it) until its own unpause, which needs a frozen cgroup.
+        let thawed = freeze(false);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let refrozen = freeze(true);
+        let unpaused = unpause("20");
+        eprintln!("docker unpause {} hung; thawed {thawed:?}, refrozen {refrozen:?}, unpaused {unpaused}", self.name);
     }
 }
