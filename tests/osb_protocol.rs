@@ -154,11 +154,12 @@ async fn bad_requests_get_400_and_change_nothing() {
     let r = osb("PUT", &inst("p1"), Some(&provision_body("single", json!({})).to_string())).await;
     assert_eq!(r.status, 202, "{}", r.text);
     ready_instance(&etcd, "q1", 41011).await;
-    // Placed, then its router port and secrets (the driver's next step, 0.5 s
+    // Placed with its secrets, then its router port (the driver's next step, 0.5 s
     // later): from then on it only reports "waiting for a leader".
     wait_for("p1 placed by the background driver", Duration::from_secs(10), || async {
         (!etcd.dump("/pgcell/placements/").await.is_empty()
-            && !etcd.dump("/pgcell/instances/p1/secrets").await.is_empty())
+            && !etcd.dump("/pgcell/instances/p1/secrets").await.is_empty()
+            && !etcd.dump("/pgcell/instances/p1/router_port").await.is_empty())
         .then_some(())
     })
     .await;
