@@ -74,12 +74,13 @@ impl ExpiryTracker {
         }
     }
 
-    /// The read just before revoking: revoke only if it has not been renewed
-    /// (a renewal within the last second reads at least `granted − 1 ≥ 1`).
+    /// The lease last read on the key (0 before any).
     pub fn lease(&self) -> i64 {
         self.lease
     }
 
+    /// The read just before revoking: revoke only if it has not been renewed
+    /// (a renewal within the last second reads at least `granted − 1 ≥ 1`).
     pub fn confirmed(&mut self, lease: i64, ttl: i64) -> bool {
         let expired = lease == self.lease && ttl <= 0 && self.expires_before.is_some();
         self.expires_before = None;

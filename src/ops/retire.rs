@@ -64,20 +64,22 @@ pub async fn retire(client: &mut Client, cell: &str, timeout: Duration) -> anyho
         }
         // The healer purges a member once its replacement streams; Patroni names the
         // new synchronous standby a loop later. "Fully redundant" waits for that.
-        let waiting = if left.is_empty() { not_redundant(client, &scopes).await? } else { vec![] };
-        if left.is_empty() && waiting.is_empty() {
-            super::say(format_args!(
-                "{cell}: empty; every cluster it held is fully redundant elsewhere. It can be stopped for good."
-            ));
-            return Ok(());
-        }
-        if left.is_empty() && waiting != last_waiting {
-            super::say(format_args!(
-                "[{:>5.1}s] {cell}: empty; waiting for {}",
-                start.elapsed().as_secs_f64(),
-                waiting.join(", ")
-            ));
-            last_waiting = waiting;
+        if left.is_empty() {
+            let waiting = not_redundant(client, &scopes).await?;
+            if waiting.is_empty() {
+                super::say(format_args!(
+                    "{cell}: empty; every cluster it held is fully redundant elsewhere. It can be stopped for good."
+                ));
+                return Ok(());
+            }
+            if waiting != last_waiting {
+                super::say(format_args!(
+                    "[{:>5.1}s] {cell}: empty; waiting for {}",
+                    start.elapsed().as_secs_f64(),
+                    waiting.join(", ")
+                ));
+                last_waiting = waiting;
+            }
         }
         anyhow::ensure!(
             start.elapsed() < timeout,
